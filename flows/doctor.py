@@ -1,0 +1,50 @@
+"""Runbook: restate-doctor (read-only).
+
+Symptom: anything. Always run the doctor first, and again after any write runbook.
+What it does: probes the Restate ingress, the admin API (and its version), the deployment list,
+the service list and the invocation table, concurrently, each within its own timeout. A broken
+component marks only itself ``degraded`` (error status, unexpected payload) or ``unreachable``
+(refused, reset, timed out); the readout always comes back.
+Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
+(RESTATE_ADMIN_UNREACHABLE).
+Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+
+from restate_recovery.doctor import (
+    ProbeSet,
+    readout_markdown,
+    resolve_endpoints,
+    run_doctor,
+    unhealthy_components,
+)
+from restate_recovery.models import DoctorReadout
+from restate_recovery.settings import get_settings
+from tasks import probes
+
+PROBE_TASKS = ProbeSet(
+    ingress=probes.probe_ingress,
+    admin=probes.probe_admin,
+    deployments=probes.probe_deployments,
+    services=probes.probe_services,
+    invocations=probes.probe_invocations,
+)
+
+
+@flow(name="restate-doctor", flow_run_name="restate-doctor", validate_parameters=False)
+async def doctor() -> DoctorReadout:
+    """Read-only readout of Restate: ingress, admin, deployments, services, invocations."""
+    logger = get_run_logger()
+    readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
+    await acreate_markdown_artifact(
+        markdown=readout_markdown(readout),
+        key="restate-doctor",
+        description="Restate doctor readout",
+    )
+    not_ok = unhealthy_components(readout)
+    logger.info("doctor: %s", "not ok: " + ", ".join(not_ok) if not_ok else "all ok")
+    return readout

@@ -1,0 +1,289 @@
+"""A thin async client over the Restate admin API (and the ingress health probe).
+
+Keyword arguments in, pydantic models out. Every HTTP failure is translated once, here, into
+``RestateUnreachable`` (no usable answer) or ``RestateRejected`` (an error status, with Restate's
+``message`` and ``restate_code``). Messages name the method and path, never the full URL: a base
+URL may carry credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from restate_recovery.errors import RestateBadResponse, RestateRejected, RestateUnreachable
+from restate_recovery.models import (
+    Deployment,
+    DeploymentList,
+    QueryResult,
+    RegisteredDeployment,
+    ServiceInfo,
+    ServiceList,
+    VersionInfo,
+)
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_DEPLOYMENT_ID = re.compile(r"^dp_[0-9a-zA-Z]+$")
+_INVOCATION_ID = re.compile(r"^inv_[0-9a-zA-Z]+$")
+_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
+INVOCATION_ACTIONS = ("kill", "purge", "pause", "resume", "cancel")
+
+
+class Routes:
+    """Every admin API path the runbooks use, in one place."""
+
+    health = "/health"
+    version = "/version"
+    deployments = "/deployments"
+    services = "/services"
+    query = "/query"
+    ingress_health = "/restate/health"
+
+    @staticmethod
+    def deployment(deployment_id: str) -> str:
+        return f"/deployments/{_checked(_DEPLOYMENT_ID, deployment_id, 'deployment id')}"
+
+    @staticmethod
+    def invocation(invocation_id: str, action: str) -> str:
+        if action not in INVOCATION_ACTIONS:
+            raise ValueError(f"unknown invocation action {action!r}")
+        return f"/invocations/{_checked(_INVOCATION_ID, invocation_id, 'invocation id')}/{action}"
+
+    @staticmethod
+    def service_state(service_name: str) -> str:
+        name = _checked(_SERVICE_NAME, service_name, "service name")
+        return f"/services/{quote(name, safe='')}/state"
+
+
+def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid {what}")
+    return value
+
+
+def _transport_message(exc: httpx.TransportError) -> str:
+    detail = str(exc) or "no detail"
+    return f"{type(exc).__name__}: {detail}"
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str | None]:
+    """Restate's ``message`` and ``restate_code`` from an error answer (JSON or plain text)."""
+    text = response.text.strip()
+    if not text:
+        return (response.reason_phrase or f"HTTP {response.status_code}"), None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500], None
+    if isinstance(body, dict):
+        message = body.get("message")
+        code = body.get("restate_code")
+        return (
+            str(message) if message is not None else text[:500],
+            str(code) if code is not None else None,
+        )
+    return text[:500], None
+
+
+class RestateAdminClient:
+    """Async client over one Restate admin API base URL."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    @classmethod
+    def connect(
+        cls, base_url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Self:
+        return cls(
+            httpx.AsyncClient(
+                base_url=base_url.rstrip("/"),
+                timeout=httpx.Timeout(timeout),
+                transport=transport,
+                follow_redirects=False,
+            )
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        return await send(
+            self._http,
+            method,
+            path,
+            json_body=json_body,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+        )
+
+    @staticmethod
+    def _parse(model: type[ModelT], response: httpx.Response) -> ModelT:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            method, path = response.request.method, response.request.url.path
+            first = exc.errors()[0]
+            detail = f"{first['type']} at {'.'.join(str(p) for p in first['loc']) or 'body'}"
+            raise RestateBadResponse(
+                f"unexpected {model.__name__} payload ({detail})",
+                method,
+                path,
+                response.status_code,
+            ) from exc
+
+    # --- health and version -------------------------------------------------------------------
+
+    async def health(self, *, timeout: float | None = None) -> None:
+        await self._request("GET", Routes.health, timeout=timeout)
+
+    async def version(self, *, timeout: float | None = None) -> VersionInfo:
+        return self._parse(VersionInfo, await self._request("GET", Routes.version, timeout=timeout))
+
+    # --- deployments --------------------------------------------------------------------------
+
+    async def list_deployments(self, *, timeout: float | None = None) -> list[Deployment]:
+        response = await self._request("GET", Routes.deployments, timeout=timeout)
+        return self._parse(DeploymentList, response).deployments
+
+    async def register_deployment(
+        self, *, uri: str, force: bool, timeout: float | None = None
+    ) -> RegisteredDeployment:
+        """Register ``uri``. ``force`` is always sent: Restate treats an omitted one as false."""
+        response = await self._request(
+            "POST", Routes.deployments, json_body={"uri": uri, "force": force}, timeout=timeout
+        )
+        return self._parse(RegisteredDeployment, response)
+
+    async def delete_deployment(self, deployment_id: str, *, timeout: float | None = None) -> None:
+        """Delete at once (``force=true``, the only deletion Restate 1.7 supports)."""
+        await self._request(
+            "DELETE", Routes.deployment(deployment_id), params={"force": "true"}, timeout=timeout
+        )
+
+    # --- services and state -------------------------------------------------------------------
+
+    async def list_services(self, *, timeout: float | None = None) -> list[ServiceInfo]:
+        response = await self._request("GET", Routes.services, timeout=timeout)
+        return self._parse(ServiceList, response).services
+
+    async def set_state(
+        self,
+        *,
+        service_name: str,
+        service_key: str,
+        new_state: dict[str, list[int]],
+        timeout: float | None = None,
+    ) -> None:
+        """Replace a key's whole state (``{}`` clears it). Restate answers 202 even when it
+        ignores the write: read it back to know."""
+        await self._request(
+            "POST",
+            Routes.service_state(service_name),
+            json_body={"object_key": service_key, "new_state": new_state},
+            timeout=timeout,
+        )
+
+    # --- SQL introspection --------------------------------------------------------------------
+
+    async def query(self, sql: str, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Run a read-only SQL query. NULL columns are absent from a row: read with ``.get()``."""
+        response = await self._request(
+            "POST",
+            Routes.query,
+            json_body={"query": sql},
+            headers={"accept": "application/json"},  # exactly this, or Restate answers Arrow
+            timeout=timeout,
+        )
+        return self._parse(QueryResult, response).rows
+
+    # --- invocations --------------------------------------------------------------------------
+
+    async def kill_invocation(self, invocation_id: str, *, timeout: float | None = None) -> None:
+        await self._request("PATCH", Routes.invocation(invocation_id, "kill"), timeout=timeout)
+
+    async def purge_invocation(self, invocation_id: str, *, timeout: float | None = None) -> None:
+        await self._request("PATCH", Routes.invocation(invocation_id, "purge"), timeout=timeout)
+
+    async def pause_invocation(self, invocation_id: str, *, timeout: float | None = None) -> None:
+        await self._request("PATCH", Routes.invocation(invocation_id, "pause"), timeout=timeout)
+
+    async def resume_invocation(
+        self, invocation_id: str, *, deployment: str | None = None, timeout: float | None = None
+    ) -> None:
+        params = {"deployment": deployment} if deployment else None
+        await self._request(
+            "PATCH", Routes.invocation(invocation_id, "resume"), params=params, timeout=timeout
+        )
+
+
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    json_body: Any = None,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> httpx.Response:
+    """Send one request; translate transport failures and error statuses into our tree."""
+    extra: dict[str, Any] = {}
+    if timeout is not None:
+        extra["timeout"] = httpx.Timeout(timeout)
+    try:
+        response = await http.request(
+            method, path, json=json_body, params=params, headers=headers, **extra
+        )
+    except httpx.TransportError as exc:
+        raise RestateUnreachable(_transport_message(exc), method, path) from exc
+    if response.status_code >= 400:
+        message, restate_code = _error_message(response)
+        logger.info("%s %s -> %s %s", method, path, response.status_code, message)
+        raise RestateRejected(message, method, path, response.status_code, restate_code)
+    return response
+
+
+async def ingress_health(http: httpx.AsyncClient, *, timeout: float | None = None) -> None:
+    """``GET {ingress}/restate/health``: 200 with ``{"services": [...]}`` when ingress is up."""
+    method, path = "GET", Routes.ingress_health
+    response = await send(http, method, path, timeout=timeout)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise RestateBadResponse("ingress health is not JSON", method, path, 200) from exc
+    if not isinstance(body, dict) or not isinstance(body.get("services"), list):
+        raise RestateBadResponse("ingress health has no services list", method, path, 200)

@@ -1,0 +1,125 @@
+"""One exception tree, split by what the caller does next.
+
+    RecoveryError                      anything this package raises on purpose
+    ├── RestateError                   raised by the admin client, translated once at its boundary
+    │   ├── RestateUnreachable         no usable answer: connection refused/reset, timeout (retryable)
+    │   └── RestateRejected            an HTTP answer with an error status (status, message, restate_code)
+    │       └── RestateBadResponse     a success status with a body we cannot read
+    └── OperatorError                  the route's own error, with the spec's code
+        ├── AdminUnreachableError      RESTATE_ADMIN_UNREACHABLE      (HTTP 503)
+        ├── DeploymentNotFoundError    RESTATE_DEPLOYMENT_NOT_FOUND   (HTTP 404)
+        └── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
+
+Every class rebuilds from ``cls(*self.args)`` so that it survives pickling (Prefect stores the
+exception of a failed state).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+ADMIN_UNREACHABLE = "RESTATE_ADMIN_UNREACHABLE"
+DEPLOYMENT_NOT_FOUND = "RESTATE_DEPLOYMENT_NOT_FOUND"
+RETRY_BLOCKED = "RESTATE_WORKFLOW_RETRY_BLOCKED"
+
+BlockedReason = Literal["active-invocation", "already-succeeded", "purge-failed", "query-failed"]
+
+
+class RecoveryError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class RestateError(RecoveryError):
+    """A call to the Restate admin API (or ingress) did not succeed."""
+
+    def __init__(self, message: str, method: str = "", path: str = "") -> None:
+        super().__init__(message, method, path)
+        self.message = message
+        self.method = method
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}: " if self.path else ""
+        return f"{where}{self.message}"
+
+
+class RestateUnreachable(RestateError):
+    """Transport failure: the request got no usable HTTP answer. Safe to retry a read."""
+
+
+class RestateRejected(RestateError):
+    """Restate answered with an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        method: str = "",
+        path: str = "",
+        status_code: int = 0,
+        restate_code: str | None = None,
+    ) -> None:
+        Exception.__init__(self, message, method, path, status_code, restate_code)
+        self.message = message
+        self.method = method
+        self.path = path
+        self.status_code = status_code
+        self.restate_code = restate_code
+
+    def __str__(self) -> str:
+        code = f" {self.restate_code}" if self.restate_code else ""
+        return f"{self.method} {self.path} -> {self.status_code}{code}: {self.message}"
+
+
+class RestateBadResponse(RestateRejected):
+    """Restate answered with a success status but a body of the wrong shape."""
+
+
+class OperatorError(RecoveryError):
+    """An error of the operator routes: ``code``, ``message`` and optional ``data``."""
+
+    code: str = ""
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def data(self) -> dict[str, Any] | None:
+        return None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            body["data"] = self.data
+        return body
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class AdminUnreachableError(OperatorError):
+    code = ADMIN_UNREACHABLE
+    http_status = 503
+
+
+class DeploymentNotFoundError(OperatorError):
+    code = DEPLOYMENT_NOT_FOUND
+    http_status = 404
+
+
+class RetryBlockedError(OperatorError):
+    code = RETRY_BLOCKED
+    http_status = 409
+
+    def __init__(
+        self, message: str, reason: BlockedReason, invocation_ids: list[str] | None = None
+    ) -> None:
+        Exception.__init__(self, message, reason, invocation_ids)
+        self.message = message
+        self.reason: BlockedReason = reason
+        self.invocation_ids = list(invocation_ids or [])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason, "invocationIds": self.invocation_ids}

@@ -1,0 +1,167 @@
+"""Pydantic models: the doctor readout (the route's JSON, camelCase) and the admin API's answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, model_serializer
+from pydantic.alias_generators import to_camel
+
+ComponentStatus = Literal["ok", "degraded", "unreachable"]
+
+
+def iso_utc(value: str | None) -> str | None:
+    """Normalize a Restate timestamp (RFC 3339, up to nanoseconds) to ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    if not value:
+        return None
+    text = value.strip().replace("z", "Z")
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    head, sep, rest = text.partition(".")
+    if sep:  # Python parses at most microseconds: cut the fraction to six digits
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    utc = parsed.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+class ApiModel(BaseModel):
+    """A model of the operator API: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return data
+
+
+# --- the doctor readout ------------------------------------------------------------------------
+
+
+class IngressReadout(ApiModel):
+    status: ComponentStatus
+    latency_ms: float | None = None
+
+
+class AdminReadout(ApiModel):
+    status: ComponentStatus
+    latency_ms: float | None = None
+    version: str | None = None
+
+
+class DeploymentItem(ApiModel):
+    id: str
+    service_url: str
+    created_at: str | None = None
+
+
+class DeploymentsReadout(ApiModel):
+    status: ComponentStatus
+    items: list[DeploymentItem] = Field(default_factory=list)
+    error: str | None = None
+
+
+class ServiceItem(ApiModel):
+    name: str
+    revision: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_revision(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.revision is None:  # the spec: "Number or omitted"
+            data.pop("revision", None)
+        return data
+
+
+class ServicesReadout(ApiModel):
+    status: ComponentStatus
+    items: list[ServiceItem] = Field(default_factory=list)
+    error: str | None = None
+
+
+class InvocationFailure(ApiModel):
+    id: str
+    service_name: str | None
+    service_key: str | None
+    failed_at: str | None
+    error_message: str | None
+    status: str
+
+
+class InvocationsReadout(ApiModel):
+    status: ComponentStatus
+    by_status: dict[str, int] = Field(default_factory=dict)
+    recent_failures: list[InvocationFailure] = Field(default_factory=list)
+    error: str | None = None
+
+
+class DoctorReadout(ApiModel):
+    ingress: IngressReadout
+    admin: AdminReadout
+    deployments: DeploymentsReadout
+    services: ServicesReadout
+    invocations: InvocationsReadout
+
+
+# --- what the Restate admin API answers (only the fields the runbooks use) ----------------------
+
+
+class AdminModel(BaseModel):
+    """A Restate admin API payload: unknown fields (e.g. clear-text additional_headers) are dropped."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ServiceRevision(AdminModel):
+    name: str
+    revision: int | None = None
+
+
+class Deployment(AdminModel):
+    id: str
+    uri: str | None = None
+    arn: str | None = None
+    created_at: str | None = None
+    services: list[ServiceRevision] = Field(default_factory=list)
+
+    @property
+    def service_url(self) -> str:
+        return self.uri or self.arn or ""
+
+
+class DeploymentList(AdminModel):
+    deployments: list[Deployment]
+
+
+class RegisteredDeployment(AdminModel):
+    id: str
+    services: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Handler(AdminModel):
+    name: str
+    ty: str | None = None
+
+
+class ServiceInfo(AdminModel):
+    name: str
+    ty: str | None = None
+    revision: int | None = None
+    deployment_id: str | None = None
+    handlers: list[Handler] = Field(default_factory=list)
+
+
+class ServiceList(AdminModel):
+    services: list[ServiceInfo]
+
+
+class VersionInfo(AdminModel):
+    version: str
+
+
+class QueryResult(AdminModel):
+    rows: list[dict[str, Any]]

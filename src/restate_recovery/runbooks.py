@@ -1,0 +1,35 @@
+"""Load and run the runbook flows from the checkout's ``flows/`` directory.
+
+Flow files are Prefect entrypoints (``flows/doctor.py:doctor``), loaded the way a deployment
+loads them, so the CLI, the API and deployments all run the very same flow.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from restate_recovery.settings import PROJECT_DIR
+
+FLOWS_DIR = PROJECT_DIR / "flows"
+
+ENTRYPOINTS = {
+    "doctor": "doctor.py:doctor",
+}
+
+
+def entrypoint(name: str) -> str:
+    return str(FLOWS_DIR / ENTRYPOINTS[name])
+
+
+@cache
+def load_flow(name: str) -> Any:
+    """The Prefect flow object for a runbook (imports prefect: configure its env first)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(entrypoint(name), use_placeholder_flow=False)
+
+
+async def run_flow(name: str, **parameters: Any) -> Any:
+    """Run a runbook flow in this process and return its result (errors are re-raised)."""
+    return await load_flow(name)(**parameters)

@@ -1,0 +1,45 @@
+"""Settings, read from the environment (pydantic-settings) through a cached ``get_settings()``.
+
+No URL here is a flow parameter: parameters are stored in Prefect's database and shown in its UI,
+and these may carry credentials.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+DATA_DIR = PROJECT_DIR / ".data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    restate_admin_url: str | None = Field(
+        default=None, description="Restate admin API, e.g. http://restate:9070"
+    )
+    restate_ingress_url: str | None = Field(
+        default=None, description="Restate ingress, e.g. http://restate:8080"
+    )
+    restate_service_url: str | None = Field(
+        default=None, description="The live durable workflow service URL (optional)"
+    )
+    recovery_database_url: str = Field(
+        default=f"sqlite:///{DATA_DIR / 'recovery.db'}",
+        description="Audit database (SQLite file by default, PostgreSQL by URL)",
+    )
+    recovery_probe_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="Bound on each doctor probe"
+    )
+    recovery_write_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="Bound on each admin write call"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

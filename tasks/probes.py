@@ -1,0 +1,53 @@
+"""The doctor's probes as Prefect tasks (one task run per component in the run history).
+
+Reads only. No retries here: a probe's failure is the finding, not something to hide.
+``NO_CACHE``: the inputs are live clients, and a doctor must never answer from a cache.
+"""
+
+from __future__ import annotations
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from restate_recovery import doctor as probes
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.models import (
+    AdminReadout,
+    DeploymentsReadout,
+    DoctorReadout,
+    IngressReadout,
+    InvocationsReadout,
+    ServicesReadout,
+)
+
+
+@task(name="probe-ingress", cache_policy=NO_CACHE)
+async def probe_ingress(http: httpx.AsyncClient | None, timeout: float) -> IngressReadout:
+    return await probes.probe_ingress(http, timeout)
+
+
+@task(name="probe-admin", cache_policy=NO_CACHE)
+async def probe_admin(client: RestateAdminClient, timeout: float) -> AdminReadout:
+    return await probes.probe_admin(client, timeout)
+
+
+@task(name="probe-deployments", cache_policy=NO_CACHE)
+async def probe_deployments(client: RestateAdminClient, timeout: float) -> DeploymentsReadout:
+    return await probes.probe_deployments(client, timeout)
+
+
+@task(name="probe-services", cache_policy=NO_CACHE)
+async def probe_services(client: RestateAdminClient, timeout: float) -> ServicesReadout:
+    return await probes.probe_services(client, timeout)
+
+
+@task(name="probe-invocations", cache_policy=NO_CACHE)
+async def probe_invocations(client: RestateAdminClient, timeout: float) -> InvocationsReadout:
+    return await probes.probe_invocations(client, timeout)
+
+
+@task(name="doctor", cache_policy=NO_CACHE)
+async def doctor_readout(endpoints: probes.Endpoints) -> DoctorReadout:
+    """The whole readout in one task: the write runbooks' before and verify steps."""
+    return await probes.run_doctor(endpoints)

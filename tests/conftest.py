@@ -1,0 +1,121 @@
+"""Session fixtures: a real restate-server, the real sample workflow service, a real Prefect server.
+
+Nothing here skips: if a server cannot start, the fixture raises and every test using it fails,
+with the server's log tail in the error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before anything imports prefect: a private PREFECT_HOME and the session server's URL.
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="restate-recovery-tests-"))
+for _name in list(os.environ):
+    if _name.startswith(("RESTATE_", "RECOVERY_", "PREFECT_")):
+        del os.environ[_name]
+os.environ["PREFECT_HOME"] = str(SESSION_DIR / "prefect-client")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["RECOVERY_DATABASE_URL"] = f"sqlite:///{SESSION_DIR / 'recovery.db'}"
+
+from restate_recovery.demo.local_stack import (  # noqa: E402
+    PrefectServer,
+    RestateServer,
+    SampleService,
+    free_port,
+)
+from restate_recovery.settings import DATA_DIR, get_settings  # noqa: E402
+
+PREFECT_PORT = free_port()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PREFECT_PORT}/api"
+
+import pytest  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RestateStack:
+    server: RestateServer
+    service_url: str
+    deployment_id: str
+
+    @property
+    def admin_url(self) -> str:
+        return self.server.admin_url
+
+    @property
+    def ingress_url(self) -> str:
+        return self.server.ingress_url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sample_service() -> Iterator[SampleService]:
+    service = SampleService(SESSION_DIR / "sample-service").start()
+    yield service
+    service.stop()
+
+
+def _start_stack(base_dir: Path, service: SampleService) -> RestateStack:
+    server = RestateServer(base_dir).start()
+    try:
+        deployment_id = server.register(service.url)
+    except Exception:
+        server.stop()
+        raise
+    return RestateStack(server=server, service_url=service.url, deployment_id=deployment_id)
+
+
+@pytest.fixture(scope="session")
+def restate(sample_service: SampleService) -> Iterator[RestateStack]:
+    """One restate-server for the session, with the sample service registered."""
+    stack = _start_stack(SESSION_DIR / "restate", sample_service)
+    yield stack
+    stack.server.stop()
+
+
+@pytest.fixture
+def fresh_restate(tmp_path: Path, sample_service: SampleService) -> Iterator[RestateStack]:
+    """A restate-server of this test's own (about 1 s), for tests that need an empty one."""
+    stack = _start_stack(tmp_path / "restate", sample_service)
+    yield stack
+    stack.server.stop()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set RESTATE_* variables through the returned monkeypatch; settings are re-read."""
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def restate_env(settings_env: pytest.MonkeyPatch, restate: RestateStack) -> RestateStack:
+    settings_env.setenv("RESTATE_ADMIN_URL", restate.admin_url)
+    settings_env.setenv("RESTATE_INGRESS_URL", restate.ingress_url)
+    settings_env.setenv("RESTATE_SERVICE_URL", restate.service_url)
+    get_settings.cache_clear()
+    return restate
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    """One real Prefect server for the session, started from a pre-migrated template DB."""
+    server = PrefectServer(
+        home=SESSION_DIR / "prefect-server",
+        template_cache=DATA_DIR / "prefect-template",
+        port=PREFECT_PORT,
+    ).start()
+    yield server
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)  # send the last run logs while the server is still up
+    server.stop()

@@ -1,0 +1,91 @@
+"""The operator CLI, run as a real subprocess (the way an operator runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
+from tests.conftest import RestateStack
+
+pytestmark = [pytest.mark.restate, pytest.mark.prefect]
+
+CLI = str(Path(sys.executable).parent / "restate-recovery")
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+def cli_env(restate: RestateStack | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
+    if restate is not None:
+        env["RESTATE_ADMIN_URL"] = restate.admin_url
+        env["RESTATE_INGRESS_URL"] = restate.ingress_url
+    env.update(extra)
+    return env
+
+
+def test_doctor_json_prints_exactly_the_readout(
+    prefect_server: PrefectServer, restate: RestateStack
+) -> None:
+    key = f"cli_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+
+    result = run_cli("doctor", "--json", env=cli_env(restate))
+
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)  # stdout is the JSON and nothing else
+    assert set(body) == {"ingress", "admin", "deployments", "services", "invocations"}
+    assert body["admin"] == {
+        "status": "ok",
+        "latencyMs": body["admin"]["latencyMs"],
+        "version": "1.7.12",
+    }
+    assert body["deployments"]["items"][0]["serviceUrl"] == restate.service_url + "/"
+    assert any(f["serviceKey"] == key for f in body["invocations"]["recentFailures"])
+    assert "note: PREFECT_API_URL is not set" not in result.stderr
+
+
+def test_doctor_table_is_readable(prefect_server: PrefectServer, restate: RestateStack) -> None:
+    result = run_cli("doctor", env=cli_env(restate, COLUMNS="200"))
+
+    assert result.returncode == 0, result.stderr
+    for word in ("ingress", "admin", "deployments", "services", "invocations", "1.7.12"):
+        assert word in result.stdout
+    assert restate.deployment_id in result.stdout
+
+
+def test_doctor_without_admin_url_exits_non_zero_with_the_error_body(
+    prefect_server: PrefectServer,
+) -> None:
+    result = run_cli("doctor", "--json", env=cli_env(None))
+
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "code": "RESTATE_ADMIN_UNREACHABLE",
+        "message": "RESTATE_ADMIN_URL is not set",
+    }
+
+
+def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
+    tmp_path: Path, restate: RestateStack
+) -> None:
+    """The embedded default: no PREFECT_API_URL, a brand-new PREFECT_HOME (first migration)."""
+    env = cli_env(restate, PREFECT_HOME=str(tmp_path / "fresh-prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+
+    result = run_cli("doctor", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["admin"]["status"] == "ok"
+    assert "note: PREFECT_API_URL is not set" in result.stderr

@@ -1,0 +1,152 @@
+"""The admin client's contract with Restate, checked on the wire with httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.errors import RestateBadResponse, RestateRejected, RestateUnreachable
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client_for(handler: Handler) -> RestateAdminClient:
+    return RestateAdminClient.connect(
+        "http://admin.test:9070", timeout=1.0, transport=httpx.MockTransport(handler)
+    )
+
+
+async def test_query_sends_accept_application_json_exactly() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"rows": [{"status": "running"}]})
+
+    async with client_for(handler) as client:
+        rows = await client.query("SELECT status FROM sys_invocation")
+    assert rows == [{"status": "running"}]
+    assert seen[0].headers["accept"] == "application/json"
+    assert seen[0].headers["content-type"] == "application/json"
+    assert json.loads(seen[0].content) == {"query": "SELECT status FROM sys_invocation"}
+
+
+@pytest.mark.parametrize("force", [True, False])
+async def test_register_always_sends_force(force: bool) -> None:
+    bodies: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(201, json={"id": "dp_1abc", "services": []})
+
+    async with client_for(handler) as client:
+        registered = await client.register_deployment(uri="http://svc:9080", force=force)
+    assert registered.id == "dp_1abc"
+    assert bodies == [{"uri": "http://svc:9080", "force": force}]
+
+
+async def test_delete_uses_force_true() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202)
+
+    async with client_for(handler) as client:
+        await client.delete_deployment("dp_1abc")
+    assert seen[0].method == "DELETE"
+    assert seen[0].url.path == "/deployments/dp_1abc"
+    assert seen[0].url.params["force"] == "true"
+
+
+async def test_paths_refuse_ids_that_are_not_ids() -> None:
+    async with client_for(lambda r: httpx.Response(200)) as client:
+        with pytest.raises(ValueError):
+            await client.delete_deployment("../services")
+        with pytest.raises(ValueError):
+            await client.kill_invocation("inv_1/../../x")
+
+
+async def test_json_errors_keep_message_and_restate_code() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            500, json={"message": "[META0003] unreachable", "restate_code": "META0003"}
+        )
+
+    async with client_for(handler) as client:
+        with pytest.raises(RestateRejected) as info:
+            await client.register_deployment(uri="http://dead:9080", force=True)
+    assert info.value.status_code == 500
+    assert info.value.restate_code == "META0003"
+    assert info.value.message == "[META0003] unreachable"
+    assert "dead" not in info.value.path
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (httpx.Response(501), "Not Implemented"),
+        (httpx.Response(400, text="invalid query"), "invalid query"),
+        (httpx.Response(404, json={"message": "not found", "restate_code": None}), "not found"),
+    ],
+)
+async def test_non_json_and_empty_errors(response: httpx.Response, message: str) -> None:
+    async with client_for(lambda r: response) as client:
+        with pytest.raises(RestateRejected) as info:
+            await client.list_services()
+    assert info.value.message == message
+    assert info.value.restate_code is None
+
+
+async def test_transport_failures_are_unreachable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with client_for(handler) as client:
+        with pytest.raises(RestateUnreachable) as info:
+            await client.health()
+    assert "ConnectError" in str(info.value)
+
+
+async def test_wrong_shapes_are_bad_responses() -> None:
+    async with client_for(lambda r: httpx.Response(200, json={"nope": []})) as client:
+        with pytest.raises(RestateBadResponse):
+            await client.list_deployments()
+    async with client_for(lambda r: httpx.Response(200, content=b"\xff\x00arrow")) as client:
+        with pytest.raises(RestateBadResponse):
+            await client.query("SELECT 1")
+
+
+async def test_deployments_drop_clear_text_headers() -> None:
+    payload = {
+        "deployments": [
+            {
+                "id": "dp_1",
+                "uri": "http://svc:9080/",
+                "created_at": "2026-01-01T00:00:00.000000000Z",
+                "additional_headers": {"authorization": "Bearer secret"},
+                "services": [{"name": "W", "revision": 2}],
+            }
+        ]
+    }
+    async with client_for(lambda r: httpx.Response(200, json=payload)) as client:
+        (deployment,) = await client.list_deployments()
+    assert "secret" not in deployment.model_dump_json()
+    assert deployment.service_url == "http://svc:9080/"
+
+
+async def test_state_write_targets_the_service_and_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202)
+
+    async with client_for(handler) as client:
+        await client.set_state(service_name="W", service_key="k1", new_state={})
+    assert seen[0].url.path == "/services/W/state"
+    assert json.loads(seen[0].content) == {"object_key": "k1", "new_state": {}}

@@ -1,0 +1,133 @@
+"""The doctor against a real restate-server and the real sample workflow service."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from restate_recovery.demo.local_stack import submit_workflow, wait_for_status
+from restate_recovery.doctor import Endpoints, resolve_endpoints, run_doctor
+from restate_recovery.errors import AdminUnreachableError
+from restate_recovery.settings import Settings
+from tests.conftest import RestateStack
+from tests.helpers import black_hole_url, closed_port_url
+
+pytestmark = pytest.mark.restate
+
+
+def endpoints(admin: str, ingress: str | None, timeout: float = 3.0) -> Endpoints:
+    return Endpoints(admin_url=admin, ingress_url=ingress, probe_timeout=timeout)
+
+
+async def test_all_five_ok_against_the_real_server(restate: RestateStack) -> None:
+    key = f"ok_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+
+    readout = await run_doctor(endpoints(restate.admin_url, restate.ingress_url))
+
+    assert {name: part.status for name, part in readout} == dict.fromkeys(
+        ("ingress", "admin", "deployments", "services", "invocations"), "ok"
+    )
+    assert readout.admin.version == "1.7.12"
+    assert readout.ingress.latency_ms is not None and readout.admin.latency_ms is not None
+    assert [d.id for d in readout.deployments.items] == [restate.deployment_id]
+    assert readout.deployments.items[0].service_url == restate.service_url + "/"
+    assert readout.deployments.items[0].created_at.endswith("Z")  # type: ignore[union-attr]
+    names = {s.name: s.revision for s in readout.services.items}
+    assert names.keys() == {"IdentityRecoveryWorkflow", "FlakyWorkflow"}
+    assert all(isinstance(r, int) for r in names.values())
+    assert readout.invocations.by_status.get("completed", 0) >= 1
+    failure = next(f for f in readout.invocations.recent_failures if f.id == invocation_id)
+    assert failure.service_name == "IdentityRecoveryWorkflow"
+    assert failure.service_key == key
+    assert failure.status == "completed"
+    assert failure.error_message == "[500] upstream provider returned a terminal failure"
+    assert failure.failed_at is not None and failure.failed_at.endswith("Z")
+    body = readout.to_json()
+    assert set(body) == {"ingress", "admin", "deployments", "services", "invocations"}
+    assert set(body["invocations"]) == {"status", "byStatus", "recentFailures", "error"}
+    assert set(body["deployments"]["items"][0]) == {"id", "serviceUrl", "createdAt"}
+
+
+async def test_backing_off_and_paused_runs_are_reported_as_failing_now(
+    restate: RestateStack,
+) -> None:
+    key = f"now_{uuid.uuid4().hex[:8]}"
+    retrying = submit_workflow(restate.ingress_url, key, "retry")
+    paused = submit_workflow(restate.ingress_url, key, "x", workflow="FlakyWorkflow")
+    wait_for_status(restate.admin_url, retrying, "backing-off")
+    wait_for_status(restate.admin_url, paused, "paused")
+
+    readout = await run_doctor(endpoints(restate.admin_url, restate.ingress_url))
+
+    by_id = {f.id: f for f in readout.invocations.recent_failures}
+    assert by_id[retrying].status == "backing-off"
+    assert "upstream provider is still unavailable" in (by_id[retrying].error_message or "")
+    assert by_id[paused].status == "paused"
+    assert "flaky dependency refused the call" in (by_id[paused].error_message or "")
+    assert readout.invocations.by_status["paused"] >= 1
+    assert readout.invocations.by_status["backing-off"] >= 1
+
+
+async def test_admin_port_closed_marks_admin_side_unreachable(restate: RestateStack) -> None:
+    readout = await run_doctor(endpoints(closed_port_url(), restate.ingress_url))
+
+    assert readout.ingress.status == "ok"
+    assert readout.admin.status == "unreachable"
+    assert readout.admin.version is None and readout.admin.latency_ms is None
+    for part in (readout.deployments, readout.services, readout.invocations):
+        assert part.status == "unreachable"
+        assert part.error and "ConnectError" in part.error
+    assert readout.deployments.items == [] and readout.invocations.recent_failures == []
+
+
+async def test_ingress_down_marks_only_ingress(restate: RestateStack) -> None:
+    readout = await run_doctor(endpoints(restate.admin_url, closed_port_url()))
+
+    assert readout.ingress.status == "unreachable"
+    assert readout.ingress.latency_ms is None
+    assert [p.status for _, p in readout][1:] == ["ok"] * 4
+
+
+async def test_admin_that_never_answers_is_bounded_by_the_probe_timeout(
+    restate: RestateStack,
+) -> None:
+    with black_hole_url() as silent:
+        started = time.monotonic()
+        readout = await run_doctor(endpoints(silent, restate.ingress_url, timeout=1.0))
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 2.5, elapsed  # all probes run concurrently, each bounded by 1 s
+    assert readout.ingress.status == "ok"
+    for part in (readout.admin, readout.deployments, readout.services, readout.invocations):
+        assert part.status == "unreachable"
+    assert readout.services.error is not None
+
+
+async def test_recent_failures_are_capped_at_20_newest_first(fresh_restate: RestateStack) -> None:
+    submitted = []
+    for n in range(25):
+        invocation_id = submit_workflow(fresh_restate.ingress_url, f"cap_{n:02d}", "fail")
+        wait_for_status(fresh_restate.admin_url, invocation_id, "completed")
+        submitted.append(invocation_id)
+
+    readout = await run_doctor(endpoints(fresh_restate.admin_url, fresh_restate.ingress_url))
+
+    failures = readout.invocations.recent_failures
+    assert len(failures) == 20
+    assert [f.id for f in failures] == list(reversed(submitted))[:20]
+    stamps = [f.failed_at or "" for f in failures]
+    assert stamps == sorted(stamps, reverse=True)
+    assert readout.invocations.by_status == {"completed": 25}
+
+
+@pytest.mark.parametrize("admin_url", [None, "", "   ", "not a url", "ftp://host:9070", "http://"])
+def test_unresolvable_admin_url_is_the_only_error(admin_url: str | None) -> None:
+    settings = Settings(restate_admin_url=admin_url, restate_ingress_url="http://127.0.0.1:1")
+    with pytest.raises(AdminUnreachableError) as info:
+        resolve_endpoints(settings)
+    assert info.value.code == "RESTATE_ADMIN_UNREACHABLE"
+    assert "RESTATE_ADMIN_URL" in info.value.message

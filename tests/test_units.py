@@ -1,0 +1,152 @@
+"""Plain-function tests: timestamps, serialization, SQL quoting, exceptions (no server needed)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from restate_recovery.doctor import (
+    UnexpectedRows,
+    count_by_status,
+    failures_from_rows,
+    paused_error_messages,
+)
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    DeploymentNotFoundError,
+    RestateBadResponse,
+    RestateRejected,
+    RestateUnreachable,
+    RetryBlockedError,
+)
+from restate_recovery.models import ServiceItem, iso_utc
+from restate_recovery.sql import invocation_id_literal, literal, name_literal
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-11-25T18:33:37.714000000Z", "2026-11-25T18:33:37.714Z"),
+        ("2026-11-25T18:33:42.745Z", "2026-11-25T18:33:42.745Z"),
+        ("2026-11-25T18:33:42Z", "2026-11-25T18:33:42.000Z"),
+        ("2026-11-25T20:33:42.123456789+02:00", "2026-11-25T18:33:42.123Z"),
+        ("2026-11-25T18:33:42.5", "2026-11-25T18:33:42.500Z"),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_timestamps_are_iso_utc_with_z(raw: str | None, expected: str | None) -> None:
+    assert iso_utc(raw) == expected
+
+
+def test_service_revision_is_omitted_when_unknown() -> None:
+    assert ServiceItem(name="A", revision=3).to_json() == {"name": "A", "revision": 3}
+    assert ServiceItem(name="A").to_json() == {"name": "A"}
+
+
+def test_sql_literals_double_quotes_and_refuse_control_characters() -> None:
+    assert literal("it's") == "'it''s'"
+    assert literal("a'; DROP TABLE x; --") == "'a''; DROP TABLE x; --'"
+    with pytest.raises(ValueError):
+        literal("a\nb")
+    assert name_literal("invitation_01-x") == "'invitation_01-x'"
+    for bad in ["a'b", "a b", "", "ä", "a/b"]:
+        with pytest.raises(ValueError):
+            name_literal(bad)
+    with pytest.raises(ValueError):
+        invocation_id_literal("inv_1' OR '1'='1")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RestateUnreachable("ConnectError: refused", "GET", "/health"),
+        RestateRejected("boom", "POST", "/deployments", 500, "META0003"),
+        RestateBadResponse("bad", "GET", "/version", 200),
+        AdminUnreachableError("RESTATE_ADMIN_URL is not set"),
+        DeploymentNotFoundError("no deployment has URL http://x/"),
+        RetryBlockedError("blocked", "active-invocation", ["inv_1abc"]),
+    ],
+)
+def test_errors_survive_pickling(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__
+
+
+def test_operator_error_bodies_carry_the_spec_codes() -> None:
+    assert AdminUnreachableError("x").body() == {
+        "code": "RESTATE_ADMIN_UNREACHABLE",
+        "message": "x",
+    }
+    assert RetryBlockedError("m", "already-succeeded", ["inv_1"]).body() == {
+        "code": "RESTATE_WORKFLOW_RETRY_BLOCKED",
+        "message": "m",
+        "data": {"reason": "already-succeeded", "invocationIds": ["inv_1"]},
+    }
+    assert DeploymentNotFoundError("m").http_status == 404
+
+
+def test_count_by_status_refuses_rows_of_the_wrong_shape() -> None:
+    assert count_by_status([{"status": "running", "n": 2}, {"status": "completed", "n": 5}]) == {
+        "completed": 5,
+        "running": 2,
+    }
+    with pytest.raises(UnexpectedRows):
+        count_by_status([{"status": "running"}])
+    with pytest.raises(UnexpectedRows):
+        count_by_status([{"status": "running", "n": "2"}])
+
+
+def test_failures_take_their_message_and_time_from_the_right_columns() -> None:
+    rows = [
+        {
+            "id": "inv_1a",
+            "target_service_name": "W",
+            "target_service_key": "k1",
+            "status": "completed",
+            "completion_failure": "[500] terminal",
+            "modified_at": "2026-01-01T00:00:01.000Z",
+            "completed_at": "2026-01-01T00:00:01.000Z",
+        },
+        {
+            "id": "inv_1b",
+            "target_service_name": "W",
+            "target_service_key": "k2",
+            "status": "backing-off",
+            "last_failure": "[500 Internal] first line\nTraceback ...",
+            "modified_at": "2026-01-01T00:00:03.000Z",
+        },
+        {
+            "id": "inv_1c",
+            "target_service_name": "S",
+            "status": "paused",
+            "modified_at": "2026-01-01T00:00:02.000Z",
+        },
+    ]
+    failures = failures_from_rows(rows, {"inv_1c": "paused because"})
+    assert [f.id for f in failures] == ["inv_1b", "inv_1c", "inv_1a"]
+    assert failures[0].error_message == "[500 Internal] first line"
+    assert failures[1].error_message == "paused because"
+    assert failures[1].service_key is None
+    assert failures[2].error_message == "[500] terminal"
+    assert failures[2].to_json()["failedAt"] == "2026-01-01T00:00:01.000Z"
+
+
+def test_paused_error_messages_keep_the_latest_event() -> None:
+    rows = [
+        {
+            "id": "inv_1",
+            "appended_at": "2026-01-01T00:00:01.000Z",
+            "event_json": '{"ty":"Paused","last_failure":{"error_message":"old"}}',
+        },
+        {
+            "id": "inv_1",
+            "appended_at": "2026-01-01T00:00:02.000Z",
+            "event_json": '{"ty":"Paused","last_failure":{"error_message":"new"}}',
+        },
+        {"id": "inv_2", "appended_at": "x", "event_json": "not json"},
+    ]
+    assert paused_error_messages(rows) == {"inv_1": "new"}
