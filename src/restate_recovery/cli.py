@@ -16,8 +16,16 @@ from rich.console import Console
 from rich.table import Table
 
 from restate_recovery import prefect_env
+from restate_recovery.credentials import forget, seal
 from restate_recovery.errors import OperatorError
-from restate_recovery.models import DoctorReadout
+from restate_recovery.models import ApiModel, DoctorReadout
+from restate_recovery.schemas import (
+    CleanupStaleDeploymentsRequest,
+    ForceRedeployRequest,
+    RecoverStuckWorkflowRequest,
+    RequestT,
+    parse_request,
+)
 
 app = typer.Typer(
     name="restate-recovery",
@@ -115,6 +123,129 @@ def doctor(json_output: JsonOption = False) -> None:
         _emit_json(readout.to_json())
     else:
         render_readout(readout, Console())
+
+
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="Why you run this (audit row and incident record).")
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Only plan: print what would be done, change nothing.")
+]
+
+
+def run_write(name: str, request: ApiModel, *, as_json: bool, **parameters: Any) -> None:
+    """Run a write runbook's flow and print the route's body (or the error body)."""
+    from restate_recovery.runbooks import run_flow
+
+    try:
+        body: dict[str, Any] = asyncio.run(run_flow(name, **parameters))
+    except OperatorError as exc:
+        fail(exc, as_json=as_json)
+    if as_json:
+        _emit_json(body)
+        return
+    console = Console()
+    if body.get("dryRun"):
+        console.print(f"[bold]{name}[/] dry run: nothing changed. Plan:")
+        for step in body["plan"]:
+            detail = f"  ({step['detail']})" if step.get("detail") else ""
+            console.print(f"  - {step['action']} {step['target']}{detail}")
+    else:
+        console.print(f"[green]{name}[/]: " + json.dumps(body))
+
+
+def _validated(model: type[RequestT], data: dict[str, Any], *, as_json: bool) -> RequestT:
+    try:
+        return parse_request(model, data)
+    except OperatorError as exc:
+        fail(exc, as_json=as_json)
+
+
+@app.command("force-redeploy")
+def force_redeploy(
+    service_url: Annotated[str, typer.Option("--service-url", help="Live service URL.")],
+    force: Annotated[bool, typer.Option("--force/--no-force", help="Forced registration.")] = True,
+    dry_run: DryRunOption = False,
+    reason: ReasonOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Register the live durable workflow service URL; prints the deployment id."""
+    prefect_env.configure()
+    request = _validated(
+        ForceRedeployRequest, {"serviceUrl": service_url, "force": force}, as_json=json_output
+    )
+    stored_url, ref = seal(request.service_url)
+    try:
+        run_write(
+            "force-redeploy",
+            request,
+            as_json=json_output,
+            service_url=stored_url,
+            force=request.force,
+            dry_run=dry_run,
+            credentials_ref=ref,
+        )
+    finally:
+        forget(ref)
+
+
+@app.command("cleanup-stale-deployments")
+def cleanup_stale_deployments(
+    service_url: Annotated[
+        str, typer.Option("--service-url", help="Exact registered URL of the deployment to keep.")
+    ],
+    force_drain: Annotated[
+        bool, typer.Option("--force-drain", help="Kill pinned work instead of waiting.")
+    ] = False,
+    dry_run: DryRunOption = False,
+    reason: ReasonOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Keep the deployment matching --service-url exactly; drain and delete the others."""
+    prefect_env.configure()
+    request = _validated(
+        CleanupStaleDeploymentsRequest,
+        {"serviceUrl": service_url, "forceDrain": force_drain},
+        as_json=json_output,
+    )
+    stored_url, ref = seal(request.service_url)
+    try:
+        run_write(
+            "cleanup-stale-deployments",
+            request,
+            as_json=json_output,
+            service_url=stored_url,
+            force_drain=request.force_drain,
+            dry_run=dry_run,
+            credentials_ref=ref,
+        )
+    finally:
+        forget(ref)
+
+
+@app.command("recover-stuck-workflow")
+def recover_stuck_workflow(
+    service_name: Annotated[str, typer.Option("--service-name", help="Workflow service name.")],
+    service_key: Annotated[str, typer.Option("--service-key", help="Workflow key.")],
+    dry_run: DryRunOption = False,
+    reason: ReasonOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Kill and purge a terminal-failed workflow key's runs and clear its state."""
+    prefect_env.configure()
+    request = _validated(
+        RecoverStuckWorkflowRequest,
+        {"serviceName": service_name, "serviceKey": service_key},
+        as_json=json_output,
+    )
+    run_write(
+        "recover-stuck-workflow",
+        request,
+        as_json=json_output,
+        service_name=request.service_name,
+        service_key=request.service_key,
+        dry_run=dry_run,
+    )
 
 
 @app.command()

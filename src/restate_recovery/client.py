@@ -180,12 +180,14 @@ class RestateAdminClient:
         return self._parse(DeploymentList, response).deployments
 
     async def register_deployment(
-        self, *, uri: str, force: bool, timeout: float | None = None
+        self, *, uri: str, force: bool, dry_run: bool = False, timeout: float | None = None
     ) -> RegisteredDeployment:
-        """Register ``uri``. ``force`` is always sent: Restate treats an omitted one as false."""
-        response = await self._request(
-            "POST", Routes.deployments, json_body={"uri": uri, "force": force}, timeout=timeout
-        )
+        """Register ``uri``. ``force`` is always sent: Restate treats an omitted one as false.
+        With ``dry_run`` Restate runs discovery and answers, registering nothing."""
+        body: dict[str, Any] = {"uri": uri, "force": force}
+        if dry_run:
+            body["dry_run"] = True
+        response = await self._request("POST", Routes.deployments, json_body=body, timeout=timeout)
         return self._parse(RegisteredDeployment, response)
 
     async def delete_deployment(self, deployment_id: str, *, timeout: float | None = None) -> None:

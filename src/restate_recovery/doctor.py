@@ -345,6 +345,15 @@ async def run_doctor(
     )
 
 
+def guard_admin(readout: DoctorReadout) -> None:
+    """The write runbooks' shared guard: they need the admin API the doctor just reached."""
+    if readout.admin.status != "ok":
+        raise AdminUnreachableError(
+            f"The Restate admin API is {readout.admin.status}: fix connectivity first, then rerun "
+            "doctor (no write was attempted)"
+        )
+
+
 def unhealthy_components(readout: DoctorReadout) -> list[str]:
     return [name for name, part in readout if getattr(part, "status", "ok") != "ok"]
 

@@ -8,7 +8,9 @@
     └── OperatorError                  the route's own error, with the spec's code
         ├── AdminUnreachableError      RESTATE_ADMIN_UNREACHABLE      (HTTP 503)
         ├── DeploymentNotFoundError    RESTATE_DEPLOYMENT_NOT_FOUND   (HTTP 404)
-        └── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
+        ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
+        ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
+        └── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
 
 Every class rebuilds from ``cls(*self.args)`` so that it survives pickling (Prefect stores the
 exception of a failed state).
@@ -123,3 +125,26 @@ class RetryBlockedError(OperatorError):
     @property
     def data(self) -> dict[str, Any]:
         return {"reason": self.reason, "invocationIds": self.invocation_ids}
+
+
+class RecoveryInProgressError(OperatorError):
+    """Another write runbook holds the same target and did not finish within the lock timeout."""
+
+    code = "RESTATE_RECOVERY_IN_PROGRESS"
+    http_status = 409
+
+
+class InvalidRequestError(OperatorError):
+    """The request failed validation; nothing was touched. ``errors``: [{field, message}]."""
+
+    code = "INVALID_REQUEST"
+    http_status = 400
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        Exception.__init__(self, message, errors)
+        self.message = message
+        self.errors = list(errors or [])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"errors": self.errors}

@@ -15,6 +15,9 @@ FLOWS_DIR = PROJECT_DIR / "flows"
 
 ENTRYPOINTS = {
     "doctor": "doctor.py:doctor",
+    "force-redeploy": "force_redeploy.py:force_redeploy",
+    "cleanup-stale-deployments": "cleanup_stale_deployments.py:cleanup_stale_deployments",
+    "recover-stuck-workflow": "recover_stuck_workflow.py:recover_stuck_workflow",
 }
 
 

@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     recovery_write_timeout_seconds: float = Field(
         default=30.0, gt=0, le=600, description="Bound on each admin write call"
     )
+    recovery_drain_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long cleanup waits for a stale deployment to drain",
+    )
+    recovery_lock_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="How long a write waits for another on the same target",
+    )
 
 
 @lru_cache(maxsize=1)

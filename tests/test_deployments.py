@@ -1,0 +1,203 @@
+"""force-redeploy and cleanup-stale-deployments against real restate-servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+from restate_recovery.demo.local_stack import (
+    PrefectServer,
+    SampleService,
+    submit_workflow,
+    wait_for_status,
+)
+from restate_recovery.errors import AdminUnreachableError, DeploymentNotFoundError
+from restate_recovery.runbooks import run_flow
+from restate_recovery.settings import get_settings
+from tests.conftest import RestateStack
+from tests.helpers import closed_port_url
+
+pytestmark = [pytest.mark.restate, pytest.mark.prefect]
+
+
+def deployments(admin_url: str) -> dict[str, str]:
+    body = httpx.get(f"{admin_url}/deployments", timeout=10).json()
+    return {d["id"]: d["uri"] for d in body["deployments"]}
+
+
+@pytest.fixture
+def fresh_env(settings_env: pytest.MonkeyPatch, fresh_restate: RestateStack) -> RestateStack:
+    settings_env.setenv("RESTATE_ADMIN_URL", fresh_restate.admin_url)
+    settings_env.setenv("RESTATE_INGRESS_URL", fresh_restate.ingress_url)
+    settings_env.setenv("RECOVERY_DRAIN_TIMEOUT_SECONDS", "2")
+    get_settings.cache_clear()
+    return fresh_restate
+
+
+@pytest.fixture
+def second_service(tmp_path: Path) -> Iterator[SampleService]:
+    service = SampleService(tmp_path / "second").start()
+    yield service
+    service.stop()
+
+
+async def test_force_redeploy_registers_and_returns_the_id(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    result = await run_flow("force-redeploy", service_url=second_service.url)
+
+    assert set(result) == {"acknowledged", "deploymentId"}
+    assert result["acknowledged"] is True
+    assert deployments(fresh_env.admin_url)[result["deploymentId"]] == second_service.url + "/"
+    assert fresh_env.deployment_id in deployments(fresh_env.admin_url)  # nothing deleted
+
+
+async def test_force_redeploy_of_the_same_url_keeps_its_id(
+    prefect_server: PrefectServer, fresh_env: RestateStack
+) -> None:
+    result = await run_flow("force-redeploy", service_url=fresh_env.service_url, force=True)
+    assert result == {"acknowledged": True, "deploymentId": fresh_env.deployment_id}
+
+
+async def test_force_redeploy_of_an_unreachable_url_is_a_clear_error(
+    prefect_server: PrefectServer, fresh_env: RestateStack
+) -> None:
+    dead = closed_port_url()
+    with pytest.raises(AdminUnreachableError) as info:
+        await run_flow("force-redeploy", service_url=dead)
+    assert "META0003" in info.value.message
+    assert list(deployments(fresh_env.admin_url)) == [fresh_env.deployment_id]
+
+
+async def test_force_redeploy_dry_run_discovers_but_registers_nothing(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    result = await run_flow("force-redeploy", service_url=second_service.url, dry_run=True)
+
+    assert result["dryRun"] is True and result["acknowledged"] is False
+    (step,) = result["plan"]
+    assert step["action"] == "register" and "IdentityRecoveryWorkflow" in step["detail"]
+    assert list(deployments(fresh_env.admin_url)) == [fresh_env.deployment_id]
+
+
+async def test_cleanup_deletes_the_dead_stale_deployment_and_keeps_the_live_one(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    stale_id = fresh_env.server.register(second_service.url)
+    second_service.stop()  # the stale deployment's service is dead
+    live_url = fresh_env.service_url + "/"
+
+    result = await run_flow("cleanup-stale-deployments", service_url=live_url)
+
+    assert result == {"acknowledged": True}
+    assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: live_url}
+    assert stale_id not in deployments(fresh_env.admin_url)
+    readout = await run_flow("doctor")
+    assert readout.services.status == "ok"
+
+
+async def test_cleanup_kills_work_pinned_to_an_unreachable_stale_deployment(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    stale_id = fresh_env.server.register(second_service.url)  # now the latest: new runs pin to it
+    pinned = submit_workflow(fresh_env.ingress_url, "pinned_1", "sleep", seconds=600)
+    wait_for_status(fresh_env.admin_url, pinned, "running")
+    second_service.stop()
+
+    result = await run_flow("cleanup-stale-deployments", service_url=fresh_env.service_url + "/")
+
+    assert result == {"acknowledged": True}
+    assert stale_id not in deployments(fresh_env.admin_url)
+    wait_for_status(fresh_env.admin_url, pinned, "completed")
+
+
+async def test_cleanup_waits_for_a_reachable_stale_deployment_then_leaves_it(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    stale_id = fresh_env.server.register(second_service.url)
+    pinned = submit_workflow(fresh_env.ingress_url, "pinned_2", "sleep", seconds=600)
+    wait_for_status(fresh_env.admin_url, pinned, "running")
+
+    result = await run_flow(
+        "cleanup-stale-deployments", service_url=fresh_env.service_url + "/"
+    )  # drain timeout is 2 s here: the sleeping run does not drain
+
+    assert result == {"acknowledged": True}  # per-deployment failures keep the shape
+    assert stale_id in deployments(fresh_env.admin_url)
+    forced = await run_flow(
+        "cleanup-stale-deployments", service_url=fresh_env.service_url + "/", force_drain=True
+    )
+    assert forced == {"acknowledged": True}
+    assert stale_id not in deployments(fresh_env.admin_url)
+    wait_for_status(fresh_env.admin_url, pinned, "completed")
+
+
+async def test_cleanup_with_an_unknown_url_is_not_found_and_deletes_nothing(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    fresh_env.server.register(second_service.url)
+    before = deployments(fresh_env.admin_url)
+
+    with pytest.raises(DeploymentNotFoundError) as info:
+        await run_flow("cleanup-stale-deployments", service_url=fresh_env.service_url)  # no "/"
+
+    assert info.value.http_status == 404
+    for url in before.values():
+        assert url in info.value.message  # the operator can copy the right one
+    assert deployments(fresh_env.admin_url) == before
+    state = await flow_run_state(f"cleanup-stale-deployments/{fresh_env.service_url}")
+    assert state[0] == "FAILED" and "RESTATE_DEPLOYMENT_NOT_FOUND" in state[1]
+
+
+async def test_cleanup_dry_run_changes_nothing(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    stale_id = fresh_env.server.register(second_service.url)
+    before = deployments(fresh_env.admin_url)
+
+    result = await run_flow(
+        "cleanup-stale-deployments", service_url=fresh_env.service_url + "/", dry_run=True
+    )
+
+    assert result["dryRun"] is True
+    assert ("delete", stale_id) in [(s["action"], s["target"]) for s in result["plan"]]
+    assert ("keep", fresh_env.deployment_id) in [(s["action"], s["target"]) for s in result["plan"]]
+    assert deployments(fresh_env.admin_url) == before
+
+
+def test_cleanup_spares_the_only_deployment_of_a_service_the_kept_one_lacks() -> None:
+    """Keep a deployment that serves nothing the other serves: the other is left alone."""
+    from restate_recovery.cleanup import build_plan
+    from restate_recovery.models import Deployment, ServiceInfo, ServiceRevision
+    from restate_recovery.schemas import CleanupStaleDeploymentsRequest
+
+    keep = Deployment(id="dp_keep", uri="http://a/", services=[ServiceRevision(name="A")])
+    other = Deployment(id="dp_other", uri="http://b/", services=[ServiceRevision(name="B")])
+    services = [
+        ServiceInfo(name="A", deployment_id="dp_keep"),
+        ServiceInfo(name="B", deployment_id="dp_other"),
+    ]
+    for force_drain, expected in ((False, "skip"), (True, "delete")):
+        plan = build_plan(
+            deployments=[keep, other],
+            services=services,
+            pinned_rows=[],
+            request=CleanupStaleDeploymentsRequest(
+                service_url="http://a/", force_drain=force_drain
+            ),
+        )
+        assert [(s.action, s.target) for s in plan.steps()][1] == (expected, "dp_other")
+
+
+async def flow_run_state(name: str) -> tuple[str, str]:
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    assert run.state is not None
+    return run.state.type.value, run.state.message or ""

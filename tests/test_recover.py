@@ -1,0 +1,269 @@
+"""recover-stuck-workflow against the real restate-server and the real SDK workflow service."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterName,
+)
+
+from restate_recovery.demo.local_stack import (
+    PrefectServer,
+    submit_workflow,
+    wait_for_status,
+)
+from restate_recovery.errors import RetryBlockedError
+from restate_recovery.runbooks import run_flow
+from tests.conftest import RestateStack
+
+pytestmark = [pytest.mark.restate, pytest.mark.prefect]
+
+WORKFLOW = "IdentityRecoveryWorkflow"
+
+
+def query(admin_url: str, sql: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{admin_url}/query",
+        json={"query": sql},
+        headers={"accept": "application/json"},
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    rows: list[dict[str, Any]] = response.json()["rows"]
+    return rows
+
+
+def invocations_of(admin_url: str, key: str, service: str = WORKFLOW) -> list[dict[str, Any]]:
+    return query(
+        admin_url,
+        "SELECT id, status, completion_result, target_handler_name FROM sys_invocation "
+        f"WHERE target_service_name = '{service}' AND target_service_key = '{key}'",
+    )
+
+
+def state_of(admin_url: str, key: str, service: str = WORKFLOW) -> dict[str, str]:
+    rows = query(
+        admin_url,
+        f"SELECT key, value_utf8 FROM state WHERE service_name = '{service}' "
+        f"AND service_key = '{key}'",
+    )
+    return {r["key"]: r.get("value_utf8", "") for r in rows}
+
+
+def new_key(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def failed_key(stack: RestateStack, prefix: str = "failed") -> tuple[str, str]:
+    key = new_key(prefix)
+    invocation_id = submit_workflow(stack.ingress_url, key, "fail")
+    wait_for_status(stack.admin_url, invocation_id, "completed")
+    return key, invocation_id
+
+
+async def recover(key: str, **kwargs: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await run_flow(
+        "recover-stuck-workflow", service_name=WORKFLOW, service_key=key, **kwargs
+    )
+    return result
+
+
+async def test_terminal_failure_is_recovered_and_the_next_run_starts_blank(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    """Restate issue 4085's path: kill -> purge -> resubmit of a workflow key."""
+    key, invocation_id = failed_key(restate_env)
+    assert state_of(restate_env.admin_url, key) != {}
+    # before recovery, the key cannot run again: Restate says it was already invoked
+    blocked = httpx.post(
+        f"{restate_env.ingress_url}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=10
+    )
+    assert blocked.status_code == 409
+
+    assert await recover(key) == {"acknowledged": True}
+
+    assert invocations_of(restate_env.admin_url, key) == []
+    assert state_of(restate_env.admin_url, key) == {}
+    rerun = httpx.post(
+        f"{restate_env.ingress_url}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=30
+    )
+    assert rerun.status_code == 200, rerun.text
+    assert rerun.json() == {"mode": "succeed", "markerFoundAtStart": None}
+
+
+async def test_a_killed_run_counts_as_terminal_failed(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key = new_key("killed")
+    invocation_id = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=600)
+    wait_for_status(restate_env.admin_url, invocation_id, "running")
+    httpx.patch(f"{restate_env.admin_url}/invocations/{invocation_id}/kill", timeout=10)
+    wait_for_status(restate_env.admin_url, invocation_id, "completed")
+
+    assert await recover(key) == {"acknowledged": True}
+    assert invocations_of(restate_env.admin_url, key) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "workflow", "status"),
+    [
+        ("sleep", WORKFLOW, "running"),
+        ("retry", WORKFLOW, "backing-off"),
+        ("x", "FlakyWorkflow", "paused"),
+    ],
+    ids=["sleeping", "backing-off", "paused"],
+)
+async def test_an_active_run_blocks_recovery_and_nothing_changes(
+    prefect_server: PrefectServer,
+    restate_env: RestateStack,
+    mode: str,
+    workflow: str,
+    status: str,
+) -> None:
+    key = new_key(status.replace("-", "_"))
+    invocation_id = submit_workflow(
+        restate_env.ingress_url, key, mode, workflow=workflow, seconds=600
+    )
+    wait_for_status(restate_env.admin_url, invocation_id, status)
+    state_before = state_of(restate_env.admin_url, key, workflow)
+
+    with pytest.raises(RetryBlockedError) as info:
+        await run_flow("recover-stuck-workflow", service_name=workflow, service_key=key)
+
+    assert info.value.reason == "active-invocation"
+    assert info.value.invocation_ids == [invocation_id]
+    assert info.value.body()["code"] == "RESTATE_WORKFLOW_RETRY_BLOCKED"
+    rows = invocations_of(restate_env.admin_url, key, workflow)
+    assert [r["id"] for r in rows if r["target_handler_name"] == "run"] == [invocation_id]
+    assert all(r["status"] != "completed" for r in rows)
+    assert state_of(restate_env.admin_url, key, workflow) == state_before
+
+
+async def test_a_succeeded_run_blocks_recovery(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key = new_key("done")
+    invocation_id = submit_workflow(restate_env.ingress_url, key, "succeed")
+    wait_for_status(restate_env.admin_url, invocation_id, "completed")
+
+    with pytest.raises(RetryBlockedError) as info:
+        await recover(key)
+
+    assert (info.value.reason, info.value.invocation_ids) == ("already-succeeded", [invocation_id])
+    assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [invocation_id]
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"succeed"'}
+
+
+async def test_shared_handler_calls_are_not_run_invocations(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key, _ = failed_key(restate_env, "shared")
+    status = httpx.post(f"{restate_env.ingress_url}/{WORKFLOW}/{key}/status", timeout=10)
+    assert status.status_code == 200
+
+    assert await recover(key) == {"acknowledged": True}
+
+
+async def test_unknown_service_is_query_failed_and_touches_nothing(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    with pytest.raises(RetryBlockedError) as info:
+        await run_flow("recover-stuck-workflow", service_name="NoSuchWorkflow", service_key="k")
+    assert info.value.reason == "query-failed"
+    assert "NoSuchWorkflow" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("Bad Name", "k"), (WORKFLOW, "k'; DROP"), (WORKFLOW, "a/b"), ("", "k"), (WORKFLOW, "")],
+)
+async def test_bad_names_are_rejected_before_anything_runs(
+    prefect_server: PrefectServer, restate_env: RestateStack, name: str, key: str
+) -> None:
+    from restate_recovery.errors import InvalidRequestError
+    from restate_recovery.schemas import RecoverStuckWorkflowRequest, parse_request
+
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(RecoverStuckWorkflowRequest, {"serviceName": name, "serviceKey": key})
+    assert info.value.http_status == 400
+    assert {e["field"] for e in info.value.errors} <= {"serviceName", "serviceKey"}
+
+
+async def test_dry_run_plans_and_changes_nothing(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key, invocation_id = failed_key(restate_env, "dry")
+
+    result = await recover(key, dry_run=True)
+
+    assert result["acknowledged"] is False and result["dryRun"] is True
+    assert [(s["action"], s["target"]) for s in result["plan"]] == [
+        ("kill", invocation_id),
+        ("purge", invocation_id),
+        ("clear-state", f"{WORKFLOW}/{key}"),
+    ]
+    assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [invocation_id]
+    assert state_of(restate_env.admin_url, key) != {}
+
+
+async def test_recovery_converges_when_run_again(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key, _ = failed_key(restate_env, "again")
+    assert await recover(key) == {"acknowledged": True}
+    assert await recover(key) == {"acknowledged": True}  # nothing left: only the state clear
+    assert state_of(restate_env.admin_url, key) == {}
+
+
+async def artifacts_of_runs_named(name: str) -> list[str]:
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        texts = []
+        for run in runs:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            texts += [str(a.data) for a in artifacts if a.key == "incident-recover-stuck-workflow"]
+        return texts
+
+
+async def test_two_concurrent_recoveries_of_one_key_act_once(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key, invocation_id = failed_key(restate_env, "race")
+
+    results = await asyncio.gather(recover(key), recover(key))
+
+    assert list(results) == [{"acknowledged": True}, {"acknowledged": True}]
+    records = await artifacts_of_runs_named(f"recover-stuck-workflow/{WORKFLOW}/{key}")
+    assert len(records) == 2
+    acted = [r for r in records if f"purged ['{invocation_id}']" in r]
+    idle = [r for r in records if "purged none" in r]
+    assert (len(acted), len(idle)) == (1, 1), records
+    assert state_of(restate_env.admin_url, key) == {}
+
+
+async def test_incident_record_has_before_action_outcome_after(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    key, invocation_id = failed_key(restate_env, "record")
+    await recover(key)
+
+    (record,) = await artifacts_of_runs_named(f"recover-stuck-workflow/{WORKFLOW}/{key}")
+    assert "# Incident record: recover-stuck-workflow" in record
+    assert "outcome: **acknowledged**" in record
+    assert f'"serviceKey": "{key}"' in record
+    assert "## Doctor before" in record and "## Doctor after" in record
+    assert f"{WORKFLOW}/{key} is no longer among recent failures" in record
+    assert invocation_id in record
