@@ -89,3 +89,72 @@ def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["admin"]["status"] == "ok"
     assert "note: PREFECT_API_URL is not set" in result.stderr
+
+
+def test_recover_cli_json_acknowledges_and_refuses_with_the_error_body(
+    prefect_server: PrefectServer, restate: RestateStack
+) -> None:
+    key = f"clirec_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+    args = ("recover-stuck-workflow", "--service-name", "IdentityRecoveryWorkflow")
+
+    dry = run_cli(*args, "--service-key", key, "--dry-run", "--json", env=cli_env(restate))
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["plan"][0] == {
+        "action": "kill",
+        "target": invocation_id,
+        "detail": None,
+    }
+
+    done = run_cli(*args, "--service-key", key, "--reason", "INC-1", "--json", env=cli_env(restate))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"acknowledged": True}
+
+    succeeded = f"cliok_{uuid.uuid4().hex[:8]}"
+    ok_id = submit_workflow(restate.ingress_url, succeeded, "succeed")
+    wait_for_status(restate.admin_url, ok_id, "completed")
+    refused = run_cli(*args, "--service-key", succeeded, "--json", env=cli_env(restate))
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout) == {
+        "code": "RESTATE_WORKFLOW_RETRY_BLOCKED",
+        "message": "Workflow retry is blocked: the workflow already completed successfully",
+        "data": {"reason": "already-succeeded", "invocationIds": [ok_id]},
+    }
+
+
+def test_write_cli_rejects_bad_input_before_anything_runs(restate: RestateStack) -> None:
+    bad_name = run_cli(
+        "recover-stuck-workflow",
+        "--service-name",
+        "Bad Name",
+        "--service-key",
+        "k",
+        "--json",
+        env=cli_env(restate),
+    )
+    assert bad_name.returncode == 1
+    body = json.loads(bad_name.stdout)
+    assert body["code"] == "INVALID_REQUEST"
+    assert body["data"]["errors"][0]["field"] == "serviceName"
+    assert "Beginning flow run" not in bad_name.stderr  # no flow ran
+
+    bad_url = run_cli("force-redeploy", "--service-url", "ftp://x", "--json", env=cli_env(restate))
+    assert bad_url.returncode == 1
+    assert json.loads(bad_url.stdout)["data"]["errors"][0]["field"] == "serviceUrl"
+
+
+def test_cleanup_cli_not_found_lists_the_registered_urls(
+    prefect_server: PrefectServer, restate: RestateStack
+) -> None:
+    result = run_cli(
+        "cleanup-stale-deployments",
+        "--service-url",
+        "http://127.0.0.1:1/nothing",
+        "--json",
+        env=cli_env(restate),
+    )
+    assert result.returncode == 1
+    body = json.loads(result.stdout)
+    assert body["code"] == "RESTATE_DEPLOYMENT_NOT_FOUND"
+    assert restate.service_url + "/" in body["message"]

@@ -250,7 +250,7 @@ def recover_stuck_workflow(
 
 @app.command()
 def demo() -> None:
-    """The main job: a local Restate, the sample service, one failed workflow, then the doctor."""
+    """The main job: local Restate + sample service, a failed workflow, doctor, recovery, doctor."""
     prefect_env.configure()
     from restate_recovery.demo.job import run_demo
 

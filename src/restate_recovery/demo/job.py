@@ -1,14 +1,18 @@
 """The main job: start a local Restate and the sample service, make one workflow fail, run the
-doctor flow and print its readout. Everything stops when the job ends."""
+doctor, recover the failed key, show that its next run starts blank, and run the doctor again.
+Everything stops when the job ends."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
 from restate_recovery.demo.local_stack import (
@@ -53,7 +57,31 @@ def run_demo(console: Console) -> int:
             console.print(f"[red]the doctor did not report {key} as failed[/]")
             return 1
         console.print(f"[green]the doctor reports {WORKFLOW}/{key} as failed[/]")
+
+        console.print(f"[bold]4.[/] recover-stuck-workflow {WORKFLOW} {key}")
+        result = asyncio.run(
+            run_flow("recover-stuck-workflow", service_name=WORKFLOW, service_key=key)
+        )
+        console.print(f"   {json.dumps(result)}")
+
+        console.print(f"[bold]5.[/] resubmitting {key}: it must start from blank state")
+        rerun = httpx.post(
+            f"{server.ingress_url}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=30
+        )
+        console.print(f"   {rerun.status_code} {rerun.text}")
+        if rerun.status_code != 200 or rerun.json().get("markerFoundAtStart") is not None:
+            console.print("[red]the resubmitted run did not start blank[/]")
+            return 1
+
+        console.print("[bold]6.[/] doctor again")
+        after = asyncio.run(run_flow("doctor"))
+        render_readout(after, console)
+        if any(f.service_key == key for f in after.invocations.recent_failures):
+            console.print(f"[red]{key} is still among the failures[/]")
+            return 1
+        console.print(f"[green]{WORKFLOW}/{key} recovered and ran again from blank state[/]")
         return 0
     finally:
         service.stop()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
