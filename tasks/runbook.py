@@ -23,6 +23,7 @@ from restate_recovery.incident import IncidentRecord
 from restate_recovery.models import ApiModel, DoctorReadout
 from restate_recovery.schemas import WriteOutcome
 from restate_recovery.settings import get_settings
+from restate_recovery.urls import redact_url
 
 LOCK_PREFIX = "restate-recovery"
 
@@ -78,7 +79,7 @@ async def run_write_runbook(
         record.outcome = "dry run: nothing changed" if record.dry_run else "acknowledged"
         if wrote:
             record.after = await verify_doctor(endpoints)
-            record.verification = verify(outcome.result, record.after)
+            record.verification = redact_url(verify(outcome.result, record.after))
             logger.info("verify: %s", record.verification)
         return outcome.result.to_json()
     except OperatorError as exc:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 # Before anything imports prefect: a private PREFECT_HOME and the session server's URL.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="restate-recovery-tests-"))
+KEEP_SESSION_DIR = bool(os.environ.get("RECOVERY_KEEP_TEST_DIR"))  # to read the servers' logs
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")  # set by scripts/test (and so .ci/run)
 for _name in list(os.environ):
     if _name.startswith(("RESTATE_", "RECOVERY_", "PREFECT_")):
         del os.environ[_name]
@@ -53,7 +56,8 @@ class RestateStack:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+    if not KEEP_SESSION_DIR:
+        shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +108,26 @@ def restate_env(settings_env: pytest.MonkeyPatch, restate: RestateStack) -> Rest
     settings_env.setenv("RESTATE_SERVICE_URL", restate.service_url)
     get_settings.cache_clear()
     return restate
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the machine's PostgreSQL for this session (fails if it is unreachable)."""
+    import sqlalchemy as sa
+
+    from restate_recovery.store import normalize_url
+
+    if not POSTGRES_URL:
+        pytest.fail("TEST_POSTGRES_URL is not set: run the tests with ./scripts/test")
+    schema = f"rr_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ exit); Prefect's own logs go to stderr.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 from typing import Annotated, Any, NoReturn
 
@@ -17,8 +18,9 @@ from rich.table import Table
 
 from restate_recovery import prefect_env
 from restate_recovery.credentials import forget, seal
-from restate_recovery.errors import OperatorError
+from restate_recovery.errors import InvalidRequestError, OperatorError
 from restate_recovery.models import ApiModel, DoctorReadout
+from restate_recovery.operations import Actor, audit_refusal, run_audited
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     ForceRedeployRequest,
@@ -109,14 +111,51 @@ def render_readout(readout: DoctorReadout, console: Console) -> None:
         console.print(failures)
 
 
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who runs this, for the audit row (default: the OS user)."),
+]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="Why you run this (audit row and incident record).")
+]
+
+
+def cli_actor(actor: str | None) -> Actor:
+    return Actor(user_id=actor or getpass.getuser(), role="cli")
+
+
+def run_cli_flow(
+    route: str,
+    *,
+    actor: str | None,
+    reason: str | None,
+    arguments: dict[str, Any],
+    parameters: dict[str, Any],
+) -> Any:
+    """Run a runbook flow with its audit row (role ``cli``)."""
+    return asyncio.run(
+        run_audited(
+            actor=cli_actor(actor),
+            route=route,
+            arguments=arguments,
+            reason=reason,
+            request_id=None,
+            flow_name=route,
+            parameters=parameters,
+        )
+    )
+
+
 @app.command()
-def doctor(json_output: JsonOption = False) -> None:
+def doctor(
+    json_output: JsonOption = False, actor: ActorOption = None, reason: ReasonOption = None
+) -> None:
     """Read-only readout of ingress, admin API, deployments, services and invocations."""
     prefect_env.configure()
-    from restate_recovery.runbooks import run_flow
-
     try:
-        readout: DoctorReadout = asyncio.run(run_flow("doctor"))
+        readout: DoctorReadout = run_cli_flow(
+            "doctor", actor=actor, reason=reason, arguments={}, parameters={}
+        )
     except OperatorError as exc:
         fail(exc, as_json=json_output)
     if json_output:
@@ -125,20 +164,26 @@ def doctor(json_output: JsonOption = False) -> None:
         render_readout(readout, Console())
 
 
-ReasonOption = Annotated[
-    str | None, typer.Option("--reason", help="Why you run this (audit row and incident record).")
-]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Only plan: print what would be done, change nothing.")
 ]
 
 
-def run_write(name: str, request: ApiModel, *, as_json: bool, **parameters: Any) -> None:
-    """Run a write runbook's flow and print the route's body (or the error body)."""
-    from restate_recovery.runbooks import run_flow
-
+def run_write(
+    name: str,
+    request: ApiModel,
+    *,
+    as_json: bool,
+    actor: str | None,
+    reason: str | None,
+    **parameters: Any,
+) -> None:
+    """Run a write runbook's flow (audited) and print the route's body (or the error body)."""
+    arguments = {**request.to_json(), "dryRun": parameters.get("dry_run", False)}
     try:
-        body: dict[str, Any] = asyncio.run(run_flow(name, **parameters))
+        body: dict[str, Any] = run_cli_flow(
+            name, actor=actor, reason=reason, arguments=arguments, parameters=parameters
+        )
     except OperatorError as exc:
         fail(exc, as_json=as_json)
     if as_json:
@@ -154,10 +199,29 @@ def run_write(name: str, request: ApiModel, *, as_json: bool, **parameters: Any)
         console.print(f"[green]{name}[/]: " + json.dumps(body))
 
 
-def _validated(model: type[RequestT], data: dict[str, Any], *, as_json: bool) -> RequestT:
+def _validated(
+    route: str,
+    model: type[RequestT],
+    data: dict[str, Any],
+    *,
+    as_json: bool,
+    actor: str | None,
+    reason: str | None,
+) -> RequestT:
+    """The request model, or (audited) INVALID_REQUEST before anything runs."""
     try:
         return parse_request(model, data)
-    except OperatorError as exc:
+    except InvalidRequestError as exc:
+        asyncio.run(
+            audit_refusal(
+                actor=cli_actor(actor),
+                route=route,
+                arguments=data,
+                reason=reason,
+                request_id=None,
+                error=exc,
+            )
+        )
         fail(exc, as_json=as_json)
 
 
@@ -167,12 +231,18 @@ def force_redeploy(
     force: Annotated[bool, typer.Option("--force/--no-force", help="Forced registration.")] = True,
     dry_run: DryRunOption = False,
     reason: ReasonOption = None,
+    actor: ActorOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Register the live durable workflow service URL; prints the deployment id."""
     prefect_env.configure()
     request = _validated(
-        ForceRedeployRequest, {"serviceUrl": service_url, "force": force}, as_json=json_output
+        "force-redeploy",
+        ForceRedeployRequest,
+        {"serviceUrl": service_url, "force": force},
+        as_json=json_output,
+        actor=actor,
+        reason=reason,
     )
     stored_url, ref = seal(request.service_url)
     try:
@@ -180,6 +250,8 @@ def force_redeploy(
             "force-redeploy",
             request,
             as_json=json_output,
+            actor=actor,
+            reason=reason,
             service_url=stored_url,
             force=request.force,
             dry_run=dry_run,
@@ -199,14 +271,18 @@ def cleanup_stale_deployments(
     ] = False,
     dry_run: DryRunOption = False,
     reason: ReasonOption = None,
+    actor: ActorOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Keep the deployment matching --service-url exactly; drain and delete the others."""
     prefect_env.configure()
     request = _validated(
+        "cleanup-stale-deployments",
         CleanupStaleDeploymentsRequest,
         {"serviceUrl": service_url, "forceDrain": force_drain},
         as_json=json_output,
+        actor=actor,
+        reason=reason,
     )
     stored_url, ref = seal(request.service_url)
     try:
@@ -214,6 +290,8 @@ def cleanup_stale_deployments(
             "cleanup-stale-deployments",
             request,
             as_json=json_output,
+            actor=actor,
+            reason=reason,
             service_url=stored_url,
             force_drain=request.force_drain,
             dry_run=dry_run,
@@ -229,23 +307,140 @@ def recover_stuck_workflow(
     service_key: Annotated[str, typer.Option("--service-key", help="Workflow key.")],
     dry_run: DryRunOption = False,
     reason: ReasonOption = None,
+    actor: ActorOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Kill and purge a terminal-failed workflow key's runs and clear its state."""
     prefect_env.configure()
     request = _validated(
+        "recover-stuck-workflow",
         RecoverStuckWorkflowRequest,
         {"serviceName": service_name, "serviceKey": service_key},
         as_json=json_output,
+        actor=actor,
+        reason=reason,
     )
     run_write(
         "recover-stuck-workflow",
         request,
         as_json=json_output,
+        actor=actor,
+        reason=reason,
         service_name=request.service_name,
         service_key=request.service_key,
         dry_run=dry_run,
     )
+
+
+keys_app = typer.Typer(help="Operator API keys (stored hashed; a key is shown once).")
+audit_app = typer.Typer(help="The operations audit log.")
+app.add_typer(keys_app, name="api-keys")
+app.add_typer(audit_app, name="audit")
+
+
+def _session() -> Any:
+    from sqlmodel import Session
+
+    from restate_recovery import store
+    from restate_recovery.operations import database_url
+
+    return Session(store.engine_for(database_url()))
+
+
+@keys_app.command("create")
+def api_keys_create(
+    actor: Annotated[str, typer.Option("--actor", help="Actor user id the key acts as.")],
+    role: Annotated[str, typer.Option("--role", help="Role recorded in audit rows.")],
+    permission: Annotated[
+        list[str] | None,
+        typer.Option("--permission", help="Permission (repeatable), e.g. system:operate."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create an API key and print it once."""
+    from restate_recovery import store
+
+    with _session() as session:
+        key, plaintext = store.create_api_key(
+            session=session, actor=actor, role=role, permissions=list(permission or [])
+        )
+    body = {
+        "id": key.id,
+        "key": plaintext,
+        "actor": key.actor_user_id,
+        "role": key.role,
+        "permissions": key.permissions,
+    }
+    if json_output:
+        _emit_json(body)
+    else:
+        typer.echo(f"key {key.id} for {actor} ({role}; {', '.join(key.permissions) or 'none'})")
+        typer.echo(f"X-Api-Key: {plaintext}")
+        typer.echo("It is shown only now: store it in your secret manager.")
+
+
+@keys_app.command("list")
+def api_keys_list(json_output: JsonOption = False) -> None:
+    """List API keys (never the keys themselves)."""
+    from restate_recovery import store
+
+    with _session() as session:
+        rows = [store.api_key_public(k) for k in store.list_api_keys(session=session)]
+    if json_output:
+        _emit_json(rows)
+        return
+    for row in rows:
+        state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
+        typer.echo(
+            f"{row['id']}  {row['actor']}  {row['role']}  {','.join(row['permissions'])}  {state}"
+        )
+
+
+@keys_app.command("revoke")
+def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
+    """Revoke an API key (it answers 401 from then on)."""
+    from restate_recovery import store
+
+    with _session() as session:
+        if not store.revoke_api_key(session=session, key_id=key_id):
+            typer.echo(f"no API key {key_id}", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@audit_app.command("list")
+def audit_list(
+    json_output: JsonOption = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+) -> None:
+    """The newest audit rows first."""
+    from restate_recovery import store
+
+    with _session() as session:
+        rows = [store.audit_public(r) for r in store.list_attempts(session=session, limit=limit)]
+    if json_output:
+        _emit_json(rows)
+        return
+    for row in rows:
+        error = f"  {row['error']['code']}" if row["error"] else ""
+        typer.echo(
+            f"{row['startedAt']}  {row['actorUserId']} ({row['roleAtTime']})  {row['route']}  "
+            f"{row['outcome'] or 'running'}{error}  {json.dumps(row['arguments'])}"
+        )
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+) -> None:
+    """Serve the operator HTTP API (FastAPI + uvicorn)."""
+    prefect_env.configure()
+    import uvicorn
+
+    from restate_recovery.api import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
 @app.command()

@@ -34,6 +34,7 @@ from restate_recovery.models import (
 )
 from restate_recovery.settings import Settings
 from restate_recovery.sql import invocation_id_literal
+from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -400,4 +401,4 @@ def readout_markdown(readout: DoctorReadout) -> str:
             f"| {cell(f.failed_at)} | {cell(f.error_message)} |"
             for f in readout.invocations.recent_failures
         ]
-    return "\n".join(lines) + "\n"
+    return redact_url("\n".join(lines) + "\n")  # it is stored by Prefect: no credentials

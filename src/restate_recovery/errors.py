@@ -12,6 +12,8 @@
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
         └── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
 
+Every message is redacted on the way in (URL credentials become ``REDACTED``): exceptions end up in
+Prefect's database (failed states, logged tracebacks), the audit table and logs.
 Every class rebuilds from ``cls(*self.args)`` so that it survives pickling (Prefect stores the
 exception of a failed state).
 """
@@ -19,6 +21,8 @@ exception of a failed state).
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from restate_recovery.urls import redact_url
 
 ADMIN_UNREACHABLE = "RESTATE_ADMIN_UNREACHABLE"
 DEPLOYMENT_NOT_FOUND = "RESTATE_DEPLOYMENT_NOT_FOUND"
@@ -35,6 +39,7 @@ class RestateError(RecoveryError):
     """A call to the Restate admin API (or ingress) did not succeed."""
 
     def __init__(self, message: str, method: str = "", path: str = "") -> None:
+        message = redact_url(message)
         super().__init__(message, method, path)
         self.message = message
         self.method = method
@@ -60,6 +65,7 @@ class RestateRejected(RestateError):
         status_code: int = 0,
         restate_code: str | None = None,
     ) -> None:
+        message = redact_url(message)
         Exception.__init__(self, message, method, path, status_code, restate_code)
         self.message = message
         self.method = method
@@ -77,12 +83,17 @@ class RestateBadResponse(RestateRejected):
 
 
 class OperatorError(RecoveryError):
-    """An error of the operator routes: ``code``, ``message`` and optional ``data``."""
+    """An error of the operator routes: ``code``, ``message`` and optional ``data``.
+
+    The message is redacted on the way in (URL credentials become ``REDACTED``): it is stored by
+    Prefect (failed state), in the audit table and in logs, and may quote Restate's own messages.
+    """
 
     code: str = ""
     http_status: int = 500
 
     def __init__(self, message: str) -> None:
+        message = redact_url(message)
         super().__init__(message)
         self.message = message
 
@@ -117,6 +128,7 @@ class RetryBlockedError(OperatorError):
     def __init__(
         self, message: str, reason: BlockedReason, invocation_ids: list[str] | None = None
     ) -> None:
+        message = redact_url(message)
         Exception.__init__(self, message, reason, invocation_ids)
         self.message = message
         self.reason: BlockedReason = reason
@@ -141,6 +153,7 @@ class InvalidRequestError(OperatorError):
     http_status = 400
 
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        message = redact_url(message)
         Exception.__init__(self, message, errors)
         self.message = message
         self.errors = list(errors or [])

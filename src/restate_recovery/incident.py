@@ -12,7 +12,7 @@ from restate_recovery.doctor import readout_markdown, unhealthy_components
 from restate_recovery.errors import OperatorError
 from restate_recovery.models import DoctorReadout
 from restate_recovery.schemas import PlannedStep
-from restate_recovery.urls import redact
+from restate_recovery.urls import redact, redact_url
 
 
 def _now() -> str:
@@ -63,5 +63,5 @@ class IncidentRecord:
                 not_ok = unhealthy_components(readout)
                 lines += ["", f"## {title}: " + ("all ok" if not not_ok else ", ".join(not_ok))]
                 body = readout_markdown(readout).split("\n", 2)[2]  # drop its own title
-                lines += ["", redact(body)]
-        return "\n".join(lines) + "\n"
+                lines += ["", body]
+        return redact_url("\n".join(lines) + "\n")  # stored by Prefect: never a credential

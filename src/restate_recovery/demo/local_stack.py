@@ -6,6 +6,7 @@ keeps its data in a directory the caller owns; ``stop()`` ends the processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -348,3 +349,54 @@ def wait_for_status(admin_url: str, invocation_id: str, status: str, timeout: fl
             return
         time.sleep(0.1)
     raise TimeoutError(f"{invocation_id} did not reach {status} within {timeout} s")
+
+
+@dataclass
+class OperatorApi:
+    """``restate-recovery api`` as a real subprocess on a free loopback port."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout_s: float = 60.0) -> OperatorApi:
+        cli = str(Path(sys.executable).parent / "restate-recovery")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [cli, "api", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            _wait_until("operator API", timeout_s, self._up, self.process)
+        except StackError as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise StackError(f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from exc
+        return self
+
+    def _up(self) -> bool:
+        return httpx.get(f"{self.url}/openapi.json", timeout=2.0).status_code == 200
+
+    def create_key(self, *, actor: str, role: str, permissions: list[str]) -> str:
+        cli = str(Path(sys.executable).parent / "restate-recovery")
+        args = [cli, "api-keys", "create", "--actor", actor, "--role", role, "--json"]
+        for permission in permissions:
+            args += ["--permission", permission]
+        result = subprocess.run(
+            args, env=self.env, capture_output=True, text=True, check=True, timeout=60
+        )
+        key: str = json.loads(result.stdout)["key"]
+        return key
+
+    def stop(self) -> None:
+        _terminate(self.process)

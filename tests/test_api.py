@@ -1,0 +1,372 @@
+"""The operator HTTP API over real HTTP: the app as a subprocess, real Restate, real Prefect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from restate_recovery.demo.local_stack import (
+    OperatorApi,
+    PrefectServer,
+    SampleService,
+    submit_workflow,
+    wait_for_status,
+)
+from tests.conftest import SESSION_DIR, RestateStack
+from tests.helpers import closed_port_url
+
+pytestmark = [pytest.mark.restate, pytest.mark.prefect]
+
+PREFIX = "/api/v2/admin/operator/restate"
+ROUTES = ["doctor", "force-redeploy", "cleanup-stale-deployments", "recover-stuck-workflow"]
+CLI = str(Path(sys.executable).parent / "restate-recovery")
+
+
+def api_env(restate: RestateStack | None, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
+    env["RECOVERY_DATABASE_URL"] = database_url
+    if restate is not None:
+        env["RESTATE_ADMIN_URL"] = restate.admin_url
+        env["RESTATE_INGRESS_URL"] = restate.ingress_url
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def api(prefect_server: PrefectServer, restate: RestateStack) -> Iterator[OperatorApi]:
+    home = SESSION_DIR / "api"
+    home.mkdir(exist_ok=True)
+    server = OperatorApi(
+        env=api_env(restate, f"sqlite:///{home / 'audit.db'}"), log_path=home / "api.log"
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_key(api: OperatorApi) -> str:
+    return api.create_key(
+        actor="user_ops_1", role="platform-operator", permissions=["system:operate"]
+    )
+
+
+def post(
+    api: OperatorApi, route: str, body: Any, key: str | None, **headers: str
+) -> httpx.Response:
+    sent = {"Content-Type": "application/json", **headers}
+    if key is not None:
+        sent["X-Api-Key"] = key
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{api.url}{PREFIX}/{route}", content=content, headers=sent, timeout=120)
+
+
+def audit_rows(api: OperatorApi, limit: int = 20) -> list[dict[str, Any]]:
+    """Newest first, read straight from the API's audit database."""
+    from sqlmodel import Session
+
+    from restate_recovery import store
+
+    with Session(store.engine_for(api.env["RECOVERY_DATABASE_URL"])) as session:
+        return [store.audit_public(r) for r in store.list_attempts(session=session, limit=limit)]
+
+
+def audit_rows_from_cli(api: OperatorApi, limit: int = 20) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [CLI, "audit", "list", "--json", "--limit", str(limit)],
+        env=api.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
+
+
+def row_for(api: OperatorApi, request_id: str) -> dict[str, Any]:
+    (row,) = [r for r in audit_rows(api, 200) if r["requestId"] == request_id]
+    return row
+
+
+def test_the_spec_quickstart_with_curl(
+    api: OperatorApi, operator_key: str, restate: RestateStack
+) -> None:
+    env = {**os.environ, "DALP_API_URL": api.url, "DALP_API_KEY": operator_key}
+    doctor = (
+        'curl -sS -X POST "$DALP_API_URL/api/v2/admin/operator/restate/doctor" '
+        '-H "X-Api-Key: $DALP_API_KEY" -H "Content-Type: application/json" -d \'{}\''
+    )
+    redeploy = (
+        'curl -sS -X POST "$DALP_API_URL/api/v2/admin/operator/restate/force-redeploy" '
+        '-H "X-Api-Key: $DALP_API_KEY" -H "Content-Type: application/json" '
+        '-d \'{"serviceUrl": "' + restate.service_url + '", "force": true}\''
+    )
+
+    def curl(command: str) -> dict[str, Any]:
+        out = subprocess.run(
+            ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        body: dict[str, Any] = json.loads(out.stdout)
+        return body
+
+    before = curl(doctor)
+    assert before["admin"]["status"] == "ok"
+    assert [d["id"] for d in before["deployments"]["items"]] == [restate.deployment_id]
+    assert curl(redeploy) == {"acknowledged": True, "deploymentId": restate.deployment_id}
+    after = curl(doctor)
+    assert set(after) == {"ingress", "admin", "deployments", "services", "invocations"}
+    assert after["deployments"]["items"][0]["serviceUrl"] == restate.service_url + "/"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_missing_unknown_and_revoked_keys_are_401(api: OperatorApi, route: str) -> None:
+    revoked = api.create_key(actor="u_rev", role="ops", permissions=["system:operate"])
+    subprocess.run(
+        [CLI, "api-keys", "revoke", revoked.split("_")[1]], env=api.env, check=True, timeout=60
+    )
+    for key in (None, "rrk_nope_nope", "garbage", revoked):
+        response = post(api, route, {}, key)
+        assert response.status_code == 401, (key, response.text)
+        assert response.json()["code"] == "UNAUTHENTICATED"
+        assert response.json()["requestId"] == response.headers["x-request-id"]
+
+
+def test_a_key_without_system_operate_is_403_on_every_route(api: OperatorApi) -> None:
+    reader = api.create_key(actor="user_reader", role="viewer", permissions=["system:read"])
+    for route in ROUTES:
+        response = post(api, route, {}, reader, **{"X-Request-Id": f"forbidden-{route}"})
+        assert response.status_code == 403
+        assert response.json()["code"] == "FORBIDDEN"
+        row = row_for(api, f"forbidden-{route}")
+        assert (row["actorUserId"], row["roleAtTime"], row["outcome"]) == (
+            "user_reader",
+            "viewer",
+            "failure",
+        )
+        assert row["error"]["code"] == "FORBIDDEN"
+
+
+def test_error_codes_carry_status_and_request_id(
+    api: OperatorApi, operator_key: str, restate: RestateStack
+) -> None:
+    not_found = post(
+        api, "cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/x"}, operator_key
+    )
+    assert not_found.status_code == 404
+    assert not_found.json()["code"] == "RESTATE_DEPLOYMENT_NOT_FOUND"
+    assert not_found.json()["requestId"] == not_found.headers["x-request-id"]
+
+    key = f"api_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "succeed")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+    blocked = post(
+        api,
+        "recover-stuck-workflow",
+        {"serviceName": "IdentityRecoveryWorkflow", "serviceKey": key},
+        operator_key,
+        **{"X-Request-Id": "incident-42.blocked"},
+    )
+    assert blocked.status_code == 409
+    assert blocked.headers["x-request-id"] == "incident-42.blocked"
+    assert blocked.json() == {
+        "code": "RESTATE_WORKFLOW_RETRY_BLOCKED",
+        "message": "Workflow retry is blocked: the workflow already completed successfully",
+        "data": {"reason": "already-succeeded", "invocationIds": [invocation_id]},
+        "requestId": "incident-42.blocked",
+    }
+    weird = post(api, "doctor", {}, operator_key, **{"X-Request-Id": "bad id <script>"})
+    assert weird.headers["x-request-id"].startswith("req_")
+
+
+def test_admin_unreachable_is_503(prefect_server: PrefectServer, restate: RestateStack) -> None:
+    home = SESSION_DIR / "api-down"
+    home.mkdir(exist_ok=True)
+    down = OperatorApi(
+        env=api_env(None, f"sqlite:///{home / 'audit.db'}", RESTATE_ADMIN_URL=closed_port_url()),
+        log_path=home / "api.log",
+    ).start()
+    try:
+        key = down.create_key(actor="u", role="ops", permissions=["system:operate"])
+        doctor = post(down, "doctor", {}, key)
+        assert doctor.status_code == 200  # the doctor reports; it does not fail
+        assert doctor.json()["admin"]["status"] == "unreachable"
+        write = post(down, "force-redeploy", {"serviceUrl": restate.service_url}, key)
+        assert write.status_code == 503
+        assert write.json()["code"] == "RESTATE_ADMIN_UNREACHABLE"
+        assert audit_rows(down, 1)[0]["error"]["code"] == "RESTATE_ADMIN_UNREACHABLE"
+    finally:
+        down.stop()
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("force-redeploy", {"serviceUrl": "not a url"}),
+        ("force-redeploy", {"serviceUrl": "ftp://host/x"}),
+        ("force-redeploy", {"serviceUrl": "http://h:9080", "force": "yes"}),
+        ("force-redeploy", {}),
+        ("cleanup-stale-deployments", {"serviceUrl": "http://h/", "forceDrain": 1}),
+        ("recover-stuck-workflow", {"serviceName": "Bad Name", "serviceKey": "k"}),
+        ("recover-stuck-workflow", {"serviceName": "W", "serviceKey": "k' OR 1=1"}),
+        ("recover-stuck-workflow", {"serviceName": "W", "serviceKey": "k", "extra": 1}),
+        ("doctor", {"unexpected": True}),
+        ("recover-stuck-workflow", b"{not json"),
+        ("recover-stuck-workflow", b"\xff\xfe\x00"),
+        ("recover-stuck-workflow", [1, 2]),
+    ],
+)
+def test_bad_input_is_400_with_field_errors_and_an_audit_row(
+    api: OperatorApi, operator_key: str, route: str, body: Any
+) -> None:
+    request_id = f"bad-{uuid.uuid4().hex[:8]}"
+    response = post(api, route, body, operator_key, **{"X-Request-Id": request_id})
+
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert payload["code"] == "INVALID_REQUEST"
+    assert payload["data"]["errors"]
+    assert "Traceback" not in response.text
+    row = row_for(api, request_id)
+    assert row["outcome"] == "failure" and row["error"]["code"] == "INVALID_REQUEST"
+    assert row["flowRunId"] is None  # nothing ran
+
+
+def test_oversized_bodies_are_413(api: OperatorApi, operator_key: str) -> None:
+    huge = {"serviceName": "W", "serviceKey": "k", "pad": "x" * 70_000}
+    response = post(api, "recover-stuck-workflow", huge, operator_key)
+    assert response.status_code == 413
+    assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_audit_rows_hold_every_field_for_success_and_failure(
+    api: OperatorApi, operator_key: str, restate: RestateStack
+) -> None:
+    key = f"audit_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+    body = {"serviceName": "IdentityRecoveryWorkflow", "serviceKey": key}
+    ok = post(
+        api,
+        "recover-stuck-workflow",
+        body,
+        operator_key,
+        **{"X-Request-Id": f"ok-{key}", "X-Operator-Reason": "INC-7 replay"},
+    )
+    assert ok.status_code == 200 and ok.json() == {"acknowledged": True}
+    again = post(api, "force-redeploy", {"serviceUrl": closed_port_url()}, operator_key)
+    assert again.status_code == 503
+
+    row = row_for(api, f"ok-{key}")
+    assert row["actorUserId"] == "user_ops_1" and row["roleAtTime"] == "platform-operator"
+    assert row["route"] == "recover-stuck-workflow"
+    assert row["arguments"] == body
+    assert row["reason"] == "INC-7 replay"
+    assert row["outcome"] == "success" and row["error"] is None
+    assert row["startedAt"] <= row["finishedAt"]
+    assert uuid.UUID(row["flowRunId"])
+    failed = row_for(api, again.headers["x-request-id"])
+    assert failed["outcome"] == "failure"
+    assert failed["error"]["code"] == "RESTATE_ADMIN_UNREACHABLE"
+    assert "META0003" in failed["error"]["message"]
+    assert uuid.UUID(failed["flowRunId"])
+
+
+def test_a_credentialed_service_url_reaches_restate_but_no_file_we_wrote(
+    api: OperatorApi,
+    operator_key: str,
+    restate: RestateStack,
+    prefect_server: PrefectServer,
+    tmp_path: Path,
+) -> None:
+    password = f"pw{uuid.uuid4().hex}"
+    service = SampleService(tmp_path / "secret-svc").start()
+    try:
+        url = service.url.replace("http://", f"http://operator:{password}@")
+        response = post(api, "force-redeploy", {"serviceUrl": url}, operator_key)
+        assert response.status_code == 200, response.text
+        deployment_id = response.json()["deploymentId"]
+        registered = httpx.get(f"{restate.admin_url}/deployments", timeout=10).json()
+        uris = {d["id"]: d["uri"] for d in registered["deployments"]}
+        assert password in uris[deployment_id]  # Restate got the credentials intact
+        post(api, "doctor", {}, operator_key)
+        cleanup = post(
+            api, "cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/"}, operator_key
+        )
+        assert cleanup.status_code == 404
+        assert password not in cleanup.text
+    finally:
+        httpx.delete(f"{restate.admin_url}/deployments/{deployment_id}?force=true", timeout=10)
+        service.stop()
+
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    written = [SESSION_DIR / "api", prefect_server.home, SESSION_DIR / "prefect-client"]
+    leaks = [
+        str(path)
+        for root in written
+        for path in root.rglob("*")
+        if path.is_file() and password.encode() in path.read_bytes()
+    ]
+    assert leaks == []
+    rows = audit_rows(api, 50)
+    assert any("operator:" not in json.dumps(r) and "REDACTED@" in json.dumps(r) for r in rows)
+
+
+def test_audit_list_cli_prints_newest_first_in_camel_case(
+    api: OperatorApi, operator_key: str
+) -> None:
+    post(api, "doctor", {}, operator_key, **{"X-Request-Id": "cli-list-1"})
+    post(api, "doctor", {}, operator_key, **{"X-Request-Id": "cli-list-2"})
+    rows = audit_rows_from_cli(api, 2)
+    assert [r["requestId"] for r in rows] == ["cli-list-2", "cli-list-1"]
+    assert set(rows[0]) == {
+        "id",
+        "actorUserId",
+        "roleAtTime",
+        "route",
+        "arguments",
+        "reason",
+        "startedAt",
+        "finishedAt",
+        "outcome",
+        "error",
+        "requestId",
+        "flowRunId",
+    }
+
+
+def test_openapi_document_lists_the_four_routes(api: OperatorApi) -> None:
+    document = httpx.get(f"{api.url}/openapi.json", timeout=10).json()
+    assert {f"{PREFIX}/{r}" for r in ROUTES} <= set(document["paths"])
+
+
+def test_the_api_audits_into_postgresql(
+    prefect_server: PrefectServer, restate: RestateStack, postgres_url: str
+) -> None:
+    home = SESSION_DIR / "api-pg"
+    home.mkdir(exist_ok=True)
+    server = OperatorApi(env=api_env(restate, postgres_url), log_path=home / "api.log").start()
+    try:
+        key = server.create_key(actor="pg_operator", role="ops", permissions=["system:operate"])
+        response = post(server, "doctor", {}, key, **{"X-Request-Id": "pg-doctor"})
+        assert response.status_code == 200
+        row = row_for(server, "pg-doctor")
+        assert (row["actorUserId"], row["route"], row["outcome"]) == (
+            "pg_operator",
+            "doctor",
+            "success",
+        )
+        assert uuid.UUID(row["flowRunId"])
+    finally:
+        server.stop()

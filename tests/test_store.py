@@ -1,0 +1,104 @@
+"""The audit table and API keys on both databases: SQLite files and the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from restate_recovery import store
+from restate_recovery.redaction import redact_arguments
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store.migrate(url)
+    store.migrate(url)  # idempotent
+    with Session(store.engine_for(url)) as s:
+        yield s
+
+
+def test_migrations_create_both_tables(session: Session) -> None:
+    tables = set(sa.inspect(session.get_bind()).get_table_names())
+    assert {"operation_audit", "api_key", "alembic_version"} <= tables
+
+
+def test_keys_are_stored_hashed_and_checked(session: Session) -> None:
+    key, plaintext = store.create_api_key(
+        session=session, actor="u1", role="ops", permissions=["system:operate", "system:operate"]
+    )
+    assert key.permissions == ["system:operate"]
+    stored = session.exec(
+        sa.text("SELECT key_hash FROM api_key WHERE id = :id").bindparams(id=key.id)
+    )  # type: ignore[call-overload]
+    (key_hash,) = stored.one()
+    secret = plaintext.split("_", 2)[2]
+    assert secret not in key_hash and plaintext not in key_hash
+    found = store.authenticate(session=session, presented=plaintext)
+    assert found is not None and found.actor_user_id == "u1"
+    for wrong in (plaintext + "x", plaintext[:-1], f"rrk_{key.id}_", "rrk_x_y", "", "x" * 500):
+        assert store.authenticate(session=session, presented=wrong) is None
+    assert store.revoke_api_key(session=session, key_id=key.id)
+    assert store.authenticate(session=session, presented=plaintext) is None
+    assert not store.revoke_api_key(session=session, key_id="nope")
+    listed = [store.api_key_public(k) for k in store.list_api_keys(session=session)]
+    assert listed[0]["revokedAt"] is not None and "key" not in listed[0]
+
+
+def test_audit_rows_are_redacted_finished_once_and_listed_newest_first(session: Session) -> None:
+    first = store.record_attempt(
+        session=session,
+        attempt=store.AuditCreate(
+            actor_user_id="u1",
+            role_at_time="ops",
+            route="force-redeploy",
+            arguments={
+                "serviceUrl": "http://user:hunter2@svc:9080/v1?x=1#f",
+                "nested": [{"headers": {"Authorization": "Bearer hunter2"}}],
+            },
+            reason="INC-1",
+            request_id="r1",
+        ),
+    )
+    store.finish_attempt(
+        session=session,
+        attempt_id=first,
+        outcome="failure",
+        error={"code": "X", "message": "at http://a:hunter2@h/"},
+        flow_run_id="f1",
+    )
+    store.finish_attempt(session=session, attempt_id=first, outcome="success")  # no effect
+    second = store.record_attempt(
+        session=session,
+        attempt=store.AuditCreate(actor_user_id="u2", route="doctor", arguments={}),
+    )
+    rows = [store.audit_public(r) for r in store.list_attempts(session=session, limit=10)]
+
+    assert [r["id"] for r in rows] == [second, first]
+    assert rows[0]["outcome"] is None and rows[0]["finishedAt"] is None  # still running
+    row = rows[1]
+    assert row["arguments"] == {
+        "serviceUrl": "http://REDACTED@svc:9080/v1?x=1#f",
+        "nested": [{"headers": {"Authorization": "REDACTED"}}],
+    }
+    assert row["error"] == {"code": "X", "message": "at http://REDACTED@h/"}
+    assert (row["outcome"], row["flowRunId"], row["reason"]) == ("failure", "f1", "INC-1")
+    assert row["startedAt"].endswith("Z") and row["finishedAt"].endswith("Z")
+    assert "hunter2" not in str(rows)
+
+
+def test_redaction_keeps_everything_but_user_information() -> None:
+    assert redact_arguments(
+        {"a": ["https://u:p@[::1]:8443/p@x?q=@#frag", 3, None], "token": None, "apiKey": "k"}
+    ) == {
+        "a": ["https://REDACTED@[::1]:8443/p@x?q=@#frag", 3, None],
+        "token": None,
+        "apiKey": "REDACTED",
+    }
