@@ -46,6 +46,7 @@ async def cleanup_stale_deployments(
     service_url: str,
     force_drain: bool = False,
     dry_run: bool = False,
+    require_approval: bool = False,
     credentials_ref: str | None = None,
 ) -> dict[str, Any]:
     """Keep the deployment whose URL matches exactly; drain and delete every other one.
@@ -57,6 +58,8 @@ async def cleanup_stale_deployments(
             to drain; also deletes a stale deployment that alone serves a service's latest
             revision. Use only for known-dead stale deployments.
         dry_run: Only plan: list what would be kept, drained, killed and deleted.
+        require_approval: Plan first, then pause until an operator approves in the Prefect UI
+            (used by the automations).
         credentials_ref: Set by the CLI/API when the URL carried credentials; leave empty.
     """
     stored_url, sealed_ref = seal(service_url)
@@ -69,9 +72,9 @@ async def cleanup_stale_deployments(
         dry_run=dry_run,
     )
 
-    async def write() -> WriteOutcome:
+    async def write(dry: bool) -> WriteOutcome:
         return await clean_stale_deployments(
-            endpoints, stored_url, credentials_ref, force_drain, dry_run
+            endpoints, stored_url, credentials_ref, force_drain, dry
         )
 
     return await run_write_runbook(
@@ -79,5 +82,6 @@ async def cleanup_stale_deployments(
         endpoints=endpoints,
         lock_target="deployments",
         write=write,
+        require_approval=require_approval,
         verify=verify_cleanup(stored_url),
     )

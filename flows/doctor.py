@@ -7,7 +7,8 @@ component marks only itself ``degraded`` (error status, unexpected payload) or `
 (refused, reset, timed out); the readout always comes back.
 Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
 (RESTATE_ADMIN_UNREACHABLE).
-Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact.
+Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact, and emits a
+Prefect event per finding (restate_recovery.findings) for automations to act on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from restate_recovery.doctor import (
     run_doctor,
     unhealthy_components,
 )
+from restate_recovery.findings import doctor_findings
 from restate_recovery.models import DoctorReadout
 from restate_recovery.settings import get_settings
 from tasks import probes
+from tasks.events import emit_findings
 
 PROBE_TASKS = ProbeSet(
     ingress=probes.probe_ingress,
@@ -45,6 +48,7 @@ async def doctor() -> DoctorReadout:
         key="restate-doctor",
         description="Restate doctor readout",
     )
+    emit_findings(doctor_findings(readout, get_settings().restate_service_url))
     not_ok = unhealthy_components(readout)
     logger.info("doctor: %s", "not ok: " + ", ".join(not_ok) if not_ok else "all ok")
     return readout

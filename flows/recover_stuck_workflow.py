@@ -48,7 +48,10 @@ def verify_recovery(service_name: str, service_key: str) -> Any:
     flow_run_name="recover-stuck-workflow/{service_name}/{service_key}",
 )
 async def recover_stuck_workflow(
-    service_name: str, service_key: str, dry_run: bool = False
+    service_name: str,
+    service_key: str,
+    dry_run: bool = False,
+    require_approval: bool = False,
 ) -> dict[str, Any]:
     """Prepare one terminal-failed workflow key for retry: kill, purge, clear its state.
 
@@ -58,6 +61,8 @@ async def recover_stuck_workflow(
         service_key: The exact workflow key of the failed invocation (letters, digits, _ and -).
         dry_run: Only plan: list the invocations that would be killed and purged and the state
             that would be cleared.
+        require_approval: Plan first, then pause until an operator approves in the Prefect UI
+            (used by the automations).
     """
     request = RecoverStuckWorkflowRequest(service_name=service_name, service_key=service_key)
     endpoints = resolve_endpoints(get_settings())
@@ -67,13 +72,14 @@ async def recover_stuck_workflow(
         dry_run=dry_run,
     )
 
-    async def write() -> WriteOutcome:
-        return await recover_workflow_key(endpoints, service_name, service_key, dry_run)
+    async def write(dry: bool) -> WriteOutcome:
+        return await recover_workflow_key(endpoints, service_name, service_key, dry)
 
     return await run_write_runbook(
         record=record,
         endpoints=endpoints,
         lock_target=f"workflow:{service_name}:{service_key}",
         write=write,
+        require_approval=require_approval,
         verify=verify_recovery(service_name, service_key),
     )

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,12 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from restate_recovery import store
+from restate_recovery.alerts import AlertmanagerWebhook, alert_events, send_events
 from restate_recovery.credentials import forget, seal
-from restate_recovery.errors import InvalidRequestError, OperatorError
+from restate_recovery.errors import AdminUnreachableError, InvalidRequestError, OperatorError
 from restate_recovery.models import DoctorReadout
 from restate_recovery.operations import (
     Actor,
     audit_refusal,
+    audited,
     database_url,
     internal_error_body,
     run_audited,
@@ -389,4 +392,45 @@ def create_app() -> FastAPI:
         )
 
     app.add_middleware(RequestContext)
+
+    @app.post(
+        f"{PREFIX}/alerts",
+        response_model=AlertsAccepted,
+        responses=ERROR_RESPONSES,
+        summary="Alertmanager webhook receiver: each alert becomes a Prefect event",
+    )
+    async def alerts(request: Request, actor: OperatorDep, body: AlertmanagerWebhook) -> Any:
+        events = alert_events(body)
+
+        async def call() -> tuple[Any, str | None]:
+            from prefect.settings import PREFECT_API_URL
+
+            api_url = PREFECT_API_URL.value()
+            if not api_url:
+                raise AdminUnreachableError(
+                    "PREFECT_API_URL is not set: alerts need a running Prefect server"
+                )
+            try:
+                await send_events(api_url, events)
+            except httpx.HTTPError as exc:
+                raise AdminUnreachableError(
+                    f"Prefect did not take the events: {type(exc).__name__}"
+                ) from exc
+            return AlertsAccepted(events=len(events)).model_dump(), None
+
+        return await audited(
+            actor=actor,
+            route="alerts",
+            arguments={"alerts": [e["resource"]["prefect.resource.id"] for e in events]},
+            reason=reason_of(request),
+            request_id=request_id_of(request),
+            started_at=request.state.started_at,
+            call=call,
+        )
+
     return app
+
+
+class AlertsAccepted(BaseModel):
+    acknowledged: bool = True
+    events: int

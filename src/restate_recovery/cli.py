@@ -429,6 +429,26 @@ def audit_list(
         )
 
 
+automations_app = typer.Typer(help="Prefect automations that let alerts drive the runbooks.")
+app.add_typer(automations_app, name="automations")
+
+
+@automations_app.command("apply")
+def automations_apply() -> None:
+    """Create or replace the automations in deployments/automations.py (needs PREFECT_API_URL
+    and the deployments of prefect.yaml)."""
+    if not prefect_env.configure(announce=False):
+        typer.echo("automations apply needs PREFECT_API_URL (a running Prefect server)", err=True)
+        raise typer.Exit(1)
+    from prefect.utilities.importtools import load_script_as_module
+
+    from restate_recovery.settings import PROJECT_DIR
+
+    module = load_script_as_module(str(PROJECT_DIR / "deployments" / "automations.py"))
+    for name in asyncio.run(module.apply()):
+        typer.echo(f"applied {name}")
+
+
 @app.command()
 def api(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",

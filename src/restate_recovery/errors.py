@@ -10,7 +10,8 @@
         ├── DeploymentNotFoundError    RESTATE_DEPLOYMENT_NOT_FOUND   (HTTP 404)
         ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
-        └── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
+        ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
+        └── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
 
 Every message is redacted on the way in (URL credentials become ``REDACTED``): exceptions end up in
 Prefect's database (failed states, logged tracebacks), the audit table and logs.
@@ -161,3 +162,10 @@ class InvalidRequestError(OperatorError):
     @property
     def data(self) -> dict[str, Any]:
         return {"errors": self.errors}
+
+
+class ApprovalRejectedError(OperatorError):
+    """An operator rejected the write in the Prefect UI, or the approval timed out."""
+
+    code = "RESTATE_RECOVERY_REJECTED"
+    http_status = 409

@@ -32,6 +32,7 @@ class IncidentRecord:
     details: list[str] = field(default_factory=list)
     verification: str | None = None
     error: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None  # who, when, why (approval-gated runs)
 
     def fail(self, exc: OperatorError) -> None:
         self.outcome = "refused" if exc.code == "RESTATE_WORKFLOW_RETRY_BLOCKED" else "failed"
@@ -47,6 +48,8 @@ class IncidentRecord:
         ]
         if self.error:
             lines.append("- error: `" + json.dumps(self.error, sort_keys=True) + "`")
+        if self.approval:
+            lines.append("- approval: `" + json.dumps(self.approval, sort_keys=True) + "`")
         if self.verification:
             lines.append(f"- verification: {self.verification}")
         if self.plan:

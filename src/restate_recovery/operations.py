@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -41,12 +42,12 @@ def database_url() -> str:
     return url
 
 
-def _record(attempt: store.AuditCreate, started_at: datetime | None) -> int:
+def record_start(attempt: store.AuditCreate, started_at: datetime | None) -> int:
     with Session(store.engine_for(database_url())) as session:
         return store.record_attempt(session=session, attempt=attempt, started_at=started_at)
 
 
-def _finish(
+def record_finish(
     attempt_id: int,
     outcome: store.Outcome,
     error: dict[str, Any] | None,
@@ -85,8 +86,8 @@ async def audit_refusal(
         reason=reason,
         request_id=request_id,
     )
-    attempt_id = await asyncio.to_thread(_record, attempt, started_at)
-    await asyncio.to_thread(_finish, attempt_id, "failure", error.body(), None)
+    attempt_id = await asyncio.to_thread(record_start, attempt, started_at)
+    await asyncio.to_thread(record_finish, attempt_id, "failure", error.body(), None)
 
 
 async def run_audited(
@@ -101,6 +102,38 @@ async def run_audited(
     started_at: datetime | None = None,
 ) -> Any:
     """Run a runbook flow in this process with its audit row; returns the flow's result."""
+
+    async def call() -> tuple[Any, str | None]:
+        state = await load_flow(flow_name)(**parameters, return_state=True)
+        flow_run_id = str(state.state_details.flow_run_id)
+        try:
+            return await state.aresult(raise_on_failure=True), flow_run_id
+        except BaseException as exc:
+            exc.flow_run_id = flow_run_id  # type: ignore[attr-defined]
+            raise
+
+    return await audited(
+        actor=actor,
+        route=route,
+        arguments=arguments,
+        reason=reason,
+        request_id=request_id,
+        started_at=started_at,
+        call=call,
+    )
+
+
+async def audited(
+    *,
+    actor: Actor,
+    route: str,
+    arguments: dict[str, Any],
+    reason: str | None,
+    request_id: str | None,
+    call: Callable[[], Awaitable[tuple[Any, str | None]]],
+    started_at: datetime | None = None,
+) -> Any:
+    """Run ``call`` (which returns its result and a flow run id) between the two audit writes."""
     attempt = store.AuditCreate(
         actor_user_id=actor.user_id,
         role_at_time=actor.role,
@@ -109,19 +142,17 @@ async def run_audited(
         reason=reason,
         request_id=request_id,
     )
-    attempt_id = await asyncio.to_thread(_record, attempt, started_at)
-    flow_run_id: str | None = None
+    attempt_id = await asyncio.to_thread(record_start, attempt, started_at)
     try:
-        state = await load_flow(flow_name)(**parameters, return_state=True)
-        flow_run_id = str(state.state_details.flow_run_id)
-        result = await state.aresult(raise_on_failure=True)
+        result, flow_run_id = await call()
     except OperatorError as exc:
-        await asyncio.to_thread(_finish, attempt_id, "failure", exc.body(), flow_run_id)
+        run_id = getattr(exc, "flow_run_id", None)
+        await asyncio.to_thread(record_finish, attempt_id, "failure", exc.body(), run_id)
         raise
     except BaseException as exc:
-        await asyncio.to_thread(
-            _finish, attempt_id, "failure", internal_error_body(exc), flow_run_id
-        )
+        run_id = getattr(exc, "flow_run_id", None)
+        body = internal_error_body(exc)
+        await asyncio.to_thread(record_finish, attempt_id, "failure", body, run_id)
         raise
-    await asyncio.to_thread(_finish, attempt_id, "success", None, flow_run_id)
+    await asyncio.to_thread(record_finish, attempt_id, "success", None, flow_run_id)
     return result

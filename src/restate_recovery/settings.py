@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How long cleanup waits for a stale deployment to drain",
     )
+    recovery_approval_timeout_seconds: int = Field(
+        default=3600, gt=0, le=7 * 86400, description="How long a write waits for approval"
+    )
+    recovery_auto_approve_redeploy: bool = Field(
+        default=False,
+        description="Auto-approve force-redeploy of RESTATE_SERVICE_URL (and only that URL)",
+    )
     recovery_lock_timeout_seconds: float = Field(
         default=120.0,
         gt=0,
