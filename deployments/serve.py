@@ -3,34 +3,30 @@
     RESTATE_ADMIN_URL=... RESTATE_INGRESS_URL=... PREFECT_API_URL=... python deployments/serve.py
 
 The same deployments as prefect.yaml (names, doctor schedule, parameter schemas, concurrency).
+Run it from the checkout: each run re-imports its entrypoint file from here.
 """
 
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.flows import load_flow_from_entrypoint
+from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Schedule
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-WRITES = {
-    "force-redeploy": "flows/force_redeploy.py:force_redeploy",
-    "cleanup-stale-deployments": "flows/cleanup_stale_deployments.py:cleanup_stale_deployments",
-    "recover-stuck-workflow": "flows/recover_stuck_workflow.py:recover_stuck_workflow",
-}
+WRITES = [
+    "flows/force_redeploy.py:force_redeploy",
+    "flows/cleanup_stale_deployments.py:cleanup_stale_deployments",
+    "flows/recover_stuck_workflow.py:recover_stuck_workflow",
+]
 
 
-def load(entrypoint: str) -> Any:
-    return load_flow_from_entrypoint(str(CHECKOUT / entrypoint), use_placeholder_flow=False)
-
-
-def deployments() -> list[Any]:
-    doctor = load("flows/doctor.py:doctor").to_deployment(
+def deployments() -> list[RunnerDeployment]:
+    doctor = RunnerDeployment.from_entrypoint(
+        str(CHECKOUT / "flows/doctor.py:doctor"),
         name="doctor",
         schedules=[
             Schedule(
@@ -38,20 +34,22 @@ def deployments() -> list[Any]:
             )
         ],
         tags=["restate-recovery", "read-only"],
+        enforce_parameter_schema=True,
     )
     writes = [
-        load(entrypoint).to_deployment(
+        RunnerDeployment.from_entrypoint(
+            str(CHECKOUT / entrypoint),
             name="manual",
             tags=["restate-recovery", "write"],
+            enforce_parameter_schema=True,
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
         )
-        for entrypoint in WRITES.values()
+        for entrypoint in WRITES
     ]
     return [doctor, *writes]
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(CHECKOUT))
     serve(*deployments(), limit=4)

@@ -150,3 +150,95 @@ def test_paused_error_messages_keep_the_latest_event() -> None:
         {"id": "inv_2", "appended_at": "x", "event_json": "not json"},
     ]
     assert paused_error_messages(rows) == {"inv_1": "new"}
+
+
+def test_doctor_findings_name_what_they_found() -> None:
+    from restate_recovery.findings import doctor_findings
+    from restate_recovery.models import (
+        AdminReadout,
+        DeploymentItem,
+        DeploymentsReadout,
+        DoctorReadout,
+        IngressReadout,
+        InvocationFailure,
+        InvocationsReadout,
+        ServicesReadout,
+    )
+
+    def failure(key: str, status: str) -> InvocationFailure:
+        return InvocationFailure(
+            id=f"inv_{key}",
+            service_name="W",
+            service_key=key,
+            failed_at=None,
+            error_message="at http://u:pw@h/",
+            status=status,
+        )
+
+    readout = DoctorReadout(
+        ingress=IngressReadout(status="unreachable"),
+        admin=AdminReadout(status="ok"),
+        deployments=DeploymentsReadout(
+            status="ok",
+            items=[
+                DeploymentItem(id="dp_1", service_url="http://old:9080/"),
+                DeploymentItem(id="dp_2", service_url="http://new:9080/"),
+            ],
+        ),
+        services=ServicesReadout(status="ok"),
+        invocations=InvocationsReadout(
+            status="ok",
+            recent_failures=[failure("k1", "completed"), failure("k2", "backing-off")],
+        ),
+    )
+
+    found = {f.event: f for f in doctor_findings(readout, "http://u:pw@live:9080")}
+
+    assert set(found) == {
+        "restate.doctor.component.unhealthy",
+        "restate.doctor.workflow.terminal-failed",
+        "restate.doctor.service-url.unregistered",
+        "restate.doctor.deployments.multiple",
+    }
+    assert found["restate.doctor.component.unhealthy"].resource["prefect.resource.id"] == (
+        "restate.component.ingress"
+    )
+    terminal = found["restate.doctor.workflow.terminal-failed"]
+    assert terminal.resource["prefect.resource.id"] == "restate.workflow.W.k1"  # not k2
+    assert "pw" not in str(terminal.payload)
+    assert found["restate.doctor.service-url.unregistered"].payload == {
+        "serviceUrl": "http://REDACTED@live:9080"
+    }
+    assert found["restate.doctor.deployments.multiple"].payload["keepServiceUrl"] is None
+    registered = doctor_findings(readout, "http://new:9080")
+    assert "restate.doctor.service-url.unregistered" not in {f.event for f in registered}
+    multiple = next(f for f in registered if f.event == "restate.doctor.deployments.multiple")
+    assert multiple.payload["keepServiceUrl"] == "http://new:9080/"
+
+
+def test_alert_events_are_deterministic_per_alert() -> None:
+    from restate_recovery.alerts import AlertmanagerWebhook, alert_events
+
+    body = {
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "A"},
+                "startsAt": "t1",
+                "fingerprint": "f1",
+            },
+            {
+                "status": "resolved",
+                "labels": {"alertname": "A"},
+                "startsAt": "t1",
+                "fingerprint": "f1",
+            },
+        ],
+    }
+    first = alert_events(AlertmanagerWebhook.model_validate(body))
+    again = alert_events(AlertmanagerWebhook.model_validate(body))
+    assert [e["id"] for e in first] == [e["id"] for e in again]
+    assert first[0]["id"] != first[1]["id"]
+    assert [e["event"] for e in first] == ["restate.alert.firing", "restate.alert.resolved"]
+    assert first[0]["resource"]["prefect.resource.id"] == "alertmanager.alert.f1"

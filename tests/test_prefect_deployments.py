@@ -1,0 +1,300 @@
+"""prefect.yaml deployed to a real Prefect server, run by a real process worker; alerts driving
+the runbooks through automations, with an approval given as run input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments.flow_runs import arun_deployment
+from prefect.flow_runs import aresume_flow_run
+from sqlmodel import Session
+
+from restate_recovery import store
+from restate_recovery.demo.local_stack import (
+    OperatorApi,
+    PrefectServer,
+    RestateServer,
+    SampleService,
+    submit_workflow,
+    wait_for_status,
+)
+from restate_recovery.settings import PROJECT_DIR
+from tests.conftest import SESSION_DIR
+
+pytestmark = [pytest.mark.restate, pytest.mark.prefect]
+
+BIN = Path(sys.executable).parent
+WORKFLOW = "IdentityRecoveryWorkflow"
+
+
+@dataclass
+class Deployed:
+    restate: RestateServer
+    service_url: str
+    env: dict[str, str]
+    api: OperatorApi
+    key: str
+    worker: subprocess.Popen[bytes]
+
+    def stop_worker(self) -> None:
+        if self.worker.poll() is None:
+            os.killpg(self.worker.pid, 15)
+            self.worker.wait(timeout=30)
+
+
+def run(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        args, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]} {result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: PrefectServer, sample_service: SampleService) -> Iterator[Deployed]:
+    """Own restate-server (so only this module's findings drive automations), prefect.yaml
+    deployed, a process worker, the automations applied, and the operator API."""
+    home = SESSION_DIR / "deployed"
+    restate = RestateServer(home / "restate").start()
+    restate.register(sample_service.url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
+    env.update(
+        {
+            "RESTATE_ADMIN_URL": restate.admin_url,
+            "RESTATE_INGRESS_URL": restate.ingress_url,
+            "RESTATE_SERVICE_URL": sample_service.url,
+            "RESTATE_RECOVERY_CHECKOUT": str(PROJECT_DIR),
+            "RECOVERY_DATABASE_URL": f"sqlite:///{home / 'audit.db'}",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        }
+    )
+    run([str(BIN / "prefect"), "work-pool", "create", "restate-recovery", "--type", "process"], env)
+    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    worker_log = (home / "worker.log").open("ab")
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "restate-recovery"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    run([str(BIN / "restate-recovery"), "automations", "apply"], env)
+    api = OperatorApi(env=env, log_path=home / "api.log").start()
+    key = api.create_key(actor="alert_bot", role="automation", permissions=["system:operate"])
+    time.sleep(3)  # let the trigger service load the new automations
+    try:
+        deployed = Deployed(restate, sample_service.url, env, api, key, worker)
+        yield deployed
+    finally:
+        api.stop()
+        deployed.stop_worker()
+        restate.stop()
+
+
+async def runs_of(deployment_name: str) -> list[FlowRun]:
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(deployment_name)
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+
+
+async def wait_for_run(
+    deployment_name: str, state: str, known: set[Any], timeout: float = 120
+) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for flow_run in await runs_of(deployment_name):
+            if flow_run.id not in known and flow_run.state and flow_run.state.type.value == state:
+                return flow_run
+        await asyncio.sleep(1)
+    raise AssertionError(f"no new {state} run of {deployment_name} within {timeout} s")
+
+
+def failed_key(deployed: Deployed, prefix: str) -> tuple[str, str]:
+    key = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(deployed.restate.ingress_url, key, "fail")
+    wait_for_status(deployed.restate.admin_url, invocation_id, "completed")
+    return key, invocation_id
+
+
+def invocations_of(deployed: Deployed, key: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{deployed.restate.admin_url}/query",
+        json={"query": f"SELECT id FROM sys_invocation WHERE target_service_key = '{key}'"},
+        headers={"accept": "application/json"},
+        timeout=10,
+    )
+    rows: list[dict[str, Any]] = response.json()["rows"]
+    return rows
+
+
+async def test_the_doctor_schedule_exists_and_a_run_completes(deployed: Deployed) -> None:
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("restate-doctor/doctor")
+    (schedule,) = deployment.schedules
+    assert schedule.slug == "restate-doctor-every-5-minutes" and schedule.active
+    assert schedule.schedule.interval.total_seconds() == 300  # type: ignore[union-attr]
+    assert deployment.enforce_parameter_schema
+
+    flow_run = await arun_deployment("restate-doctor/doctor", timeout=180)
+
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+
+
+async def test_manual_runs_of_each_write_deployment_with_ui_parameters(
+    deployed: Deployed,
+) -> None:
+    async with get_client() as client:
+        for name in ("force-redeploy", "cleanup-stale-deployments", "recover-stuck-workflow"):
+            deployment = await client.read_deployment_by_name(f"{name}/manual")
+            schema = deployment.parameter_openapi_schema or {}
+            assert deployment.enforce_parameter_schema
+            assert deployment.global_concurrency_limit is not None
+            assert schema["properties"]["dry_run"]["default"] is False
+            assert "description" in schema["properties"]["dry_run"]
+    key, _ = failed_key(deployed, "ui")
+
+    recovered = await arun_deployment(
+        "recover-stuck-workflow/manual",
+        parameters={"service_name": WORKFLOW, "service_key": key},
+        timeout=180,
+    )
+    registered = await arun_deployment(
+        "force-redeploy/manual", parameters={"service_url": deployed.service_url}, timeout=180
+    )
+    planned = await arun_deployment(
+        "cleanup-stale-deployments/manual",
+        parameters={"service_url": deployed.service_url + "/", "dry_run": True},
+        timeout=180,
+    )
+
+    for flow_run in (recovered, registered, planned):
+        assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert recovered.name == f"recover-stuck-workflow/{WORKFLOW}/{key}"
+    assert invocations_of(deployed, key) == []
+
+
+async def test_an_alert_runs_the_doctor_which_pauses_a_recovery_until_approved(
+    deployed: Deployed,
+) -> None:
+    key, invocation_id = failed_key(deployed, "alerted")
+    doctor_runs = {r.id for r in await runs_of("restate-doctor/doctor")}
+    recover_runs = {r.id for r in await runs_of("recover-stuck-workflow/manual")}
+    alert = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "restate-recovery",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "RestateWorkflowFailures", "severity": "page"},
+                "annotations": {"summary": "terminal failures"},
+                "startsAt": f"2026-11-25T10:00:00.{uuid.uuid4().int % 1000:03d}Z",
+                "fingerprint": uuid.uuid4().hex[:16],
+            }
+        ],
+    }
+    for _ in range(2):  # Alertmanager re-delivers: one event, one doctor run
+        response = httpx.post(
+            f"{deployed.api.url}/api/v2/admin/operator/restate/alerts",
+            json=alert,
+            headers={"X-Api-Key": deployed.key},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"acknowledged": True, "events": 1}
+
+    await wait_for_run("restate-doctor/doctor", "COMPLETED", doctor_runs)
+    paused = await wait_for_run("recover-stuck-workflow/manual", "PAUSED", recover_runs)
+    assert paused.parameters == {
+        "service_name": WORKFLOW,
+        "service_key": key,
+        "require_approval": True,
+    }
+    assert paused.created_by is not None and paused.created_by.type == "AUTOMATION"
+    assert [r["id"] for r in invocations_of(deployed, key)] == [invocation_id]  # not yet
+
+    await aresume_flow_run(
+        paused.id, run_input={"approve": True, "approver": "alice", "reason": "INC-9 replay"}
+    )
+    deadline = time.monotonic() + 120
+    async with get_client() as client:
+        while (state := (await client.read_flow_run(paused.id)).state) and not state.is_final():
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(1)
+    assert state is not None and state.is_completed(), state
+
+    assert invocations_of(deployed, key) == []
+    new_doctor_runs = [r for r in await runs_of("restate-doctor/doctor") if r.id not in doctor_runs]
+    assert (
+        len([r for r in new_doctor_runs if r.created_by and r.created_by.type == "AUTOMATION"]) == 1
+    )
+    with Session(store.engine_for(deployed.env["RECOVERY_DATABASE_URL"])) as session:
+        rows = [store.audit_public(r) for r in store.list_attempts(session=session, limit=20)]
+    (row,) = [
+        r for r in rows if r["route"] == "recover-stuck-workflow" and r["actorUserId"] == "alice"
+    ]
+    assert row["reason"] == "INC-9 replay" and row["outcome"] == "success"
+    assert row["arguments"]["approval"]["approver"] == "alice"
+    assert row["flowRunId"] == str(paused.id)
+    assert any(r["route"] == "alerts" and r["actorUserId"] == "alert_bot" for r in rows)
+
+
+async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
+    deployed: Deployed,
+) -> None:
+    """Last in this module: the worker stops and the prefect.yaml deployments are deleted; the
+    serve entrypoint registers the same deployments and runs them itself."""
+    deployed.stop_worker()
+    async with get_client() as client:
+        for name in (
+            "restate-doctor/doctor",
+            "force-redeploy/manual",
+            "cleanup-stale-deployments/manual",
+            "recover-stuck-workflow/manual",
+        ):
+            await client.delete_deployment((await client.read_deployment_by_name(name)).id)
+    env = {**deployed.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log_path = SESSION_DIR / "deployed" / "serve.log"
+    log = log_path.open("ab")
+    server = subprocess.Popen(
+        [sys.executable, "deployments/serve.py"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while "being served" not in log_path.read_text(errors="replace"):
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.5)
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("restate-doctor/doctor")
+        (schedule,) = deployment.schedules
+        assert schedule.slug == "restate-doctor-every-5-minutes"
+
+        flow_run = await arun_deployment("restate-doctor/doctor", timeout=120)
+
+        assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
