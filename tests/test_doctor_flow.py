@@ -67,6 +67,7 @@ async def test_doctor_flow_returns_the_readout_and_records_the_run(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
         )
     assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == [
+        "emit-findings",
         "probe-admin",
         "probe-deployments",
         "probe-ingress",

@@ -30,6 +30,7 @@ from restate_recovery.errors import (
     DeploymentNotFoundError,
     RestateError,
     RestateRejected,
+    RestateUnreachable,
 )
 from restate_recovery.models import Deployment, ServiceInfo
 from restate_recovery.schemas import CleanupStaleDeploymentsRequest, PlannedStep
@@ -186,6 +187,7 @@ async def execute_cleanup(
     """Act on every stale deployment, a few at a time."""
     report = CleanupReport()
     gate = asyncio.Semaphore(PARALLEL_DELETES)
+    lost: list[str] = []
 
     async def one(stale: StaleDeployment) -> None:
         async with gate:
@@ -194,8 +196,15 @@ async def execute_cleanup(
             except RestateError as exc:
                 report.failures[stale.id] = str(exc)
                 logger.warning("cleanup of %s failed: %s", stale.id, exc)
+                if isinstance(exc, RestateUnreachable):
+                    lost.append(stale.id)
 
     await asyncio.gather(*(one(s) for s in plan.stale))
+    if lost:  # the admin API itself went away: this is not a per-deployment failure
+        raise AdminUnreachableError(
+            f"Restate admin API became unreachable during cleanup ({', '.join(sorted(lost))}); "
+            f"deleted before: {', '.join(report.deleted) or 'none'}. Run doctor, then rerun."
+        )
     return report
 
 
