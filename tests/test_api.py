@@ -223,6 +223,9 @@ def test_admin_unreachable_is_503(prefect_server: PrefectServer, restate: Restat
         ("recover-stuck-workflow", b"{not json"),
         ("recover-stuck-workflow", b"\xff\xfe\x00"),
         ("recover-stuck-workflow", [1, 2]),
+        ("recover-stuck-workflow", b"[" * 20_000 + b"]" * 20_000),
+        ("cleanup-stale-deployments", {"serviceUrl": "http://h/../../etc/passwd", "x": {"y": [1]}}),
+        ("recover-stuck-workflow", {"serviceName": "../admin", "serviceKey": "%2e%2e"}),
     ],
 )
 def test_bad_input_is_400_with_field_errors_and_an_audit_row(

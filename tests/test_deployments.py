@@ -201,3 +201,28 @@ async def flow_run_state(name: str) -> tuple[str, str]:
         )
     assert run.state is not None
     return run.state.type.value, run.state.message or ""
+
+
+async def test_a_cleanup_racing_a_registration_never_interleaves(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    """Both take the one deployments lock: the registration lands before or after the cleanup,
+    and a rerun of the cleanup leaves exactly the kept deployment."""
+    import asyncio
+
+    keep = fresh_env.service_url + "/"
+    cleanup, redeploy = await asyncio.gather(
+        run_flow("cleanup-stale-deployments", service_url=keep),
+        run_flow("force-redeploy", service_url=second_service.url),
+    )
+    assert cleanup == {"acknowledged": True}
+    new_id = redeploy["deploymentId"]
+    listed = deployments(fresh_env.admin_url)
+    assert fresh_env.deployment_id in listed
+    # ran first: the new deployment was cleaned up; ran second: it is there. Never half of it.
+    assert listed in (
+        {fresh_env.deployment_id: keep},
+        {fresh_env.deployment_id: keep, new_id: second_service.url + "/"},
+    )
+    assert await run_flow("cleanup-stale-deployments", service_url=keep) == {"acknowledged": True}
+    assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: keep}

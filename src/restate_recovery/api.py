@@ -44,6 +44,7 @@ from restate_recovery.schemas import (
     RecoverStuckWorkflowRequest,
     Redeployed,
 )
+from restate_recovery.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,21 @@ def create_app() -> FastAPI:
         logger.exception("unexpected error in %s", request.url.path)
         return envelope(request, 500, internal_error_body(exc))
 
+    # Every call is a Prefect flow run in this process: past a few at once they only slow each
+    # other (and Prefect's server) down, so the rest queue here.
+    runs = asyncio.Semaphore(get_settings().recovery_api_max_concurrent_runs)
+
     async def run(
+        request: Request,
+        actor: Actor,
+        route: str,
+        arguments: dict[str, Any],
+        parameters: dict[str, Any],
+    ) -> Any:
+        async with runs:
+            return await run_audited_call(request, actor, route, arguments, parameters)
+
+    async def run_audited_call(
         request: Request,
         actor: Actor,
         route: str,

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         default=False,
         description="Auto-approve force-redeploy of RESTATE_SERVICE_URL (and only that URL)",
     )
+    recovery_api_max_concurrent_runs: int = Field(
+        default=8, ge=1, le=256, description="Flow runs the API runs at once; the rest queue"
+    )
     recovery_lock_timeout_seconds: float = Field(
         default=120.0,
         gt=0,

@@ -1,7 +1,10 @@
 """A bounded load run against the operator API on loopback: N concurrent doctor calls for a
 fixed time, plus a mix of refused writes. Prints what came back; changes nothing in Restate.
 
-    .venv/bin/python -m restate_recovery.demo.load --api URL --key KEY [--concurrency 50] [--seconds 30]
+    .venv/bin/python -m restate_recovery.demo.load [--concurrency 50] [--seconds 30]
+        starts its own restate-server, sample service, Prefect server and operator API on free
+        loopback ports, runs the load, and checks one audit row per attempt;
+    .venv/bin/python -m restate_recovery.demo.load --api URL --key KEY ...   uses a running API.
 """
 
 from __future__ import annotations
@@ -54,15 +57,14 @@ async def run_load(
     async with httpx.AsyncClient(base_url=api_url, timeout=120, limits=limits) as http:
 
         async def worker(n: int) -> None:
-            i = 0
             while time.monotonic() < deadline:
-                i += 1
+                result.attempts += 1
+                i = result.attempts
                 if write_every and i % write_every == 0:
                     route, body = REFUSED_WRITES[(n + i) % len(REFUSED_WRITES)]
                 else:
                     route, body = "doctor", {}
                 started = time.perf_counter()
-                result.attempts += 1
                 try:
                     response = await http.post(
                         f"{PREFIX}/{route}", json=body, headers={"X-Api-Key": key}
@@ -81,19 +83,81 @@ async def run_load(
     return result
 
 
+def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
+    """Start the whole stack on loopback, load it, and count the audit rows."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sqlmodel import Session
+
+    from restate_recovery import store
+    from restate_recovery.demo.local_stack import (
+        OperatorApi,
+        PrefectServer,
+        RestateServer,
+        SampleService,
+    )
+    from restate_recovery.settings import DATA_DIR
+
+    work = Path(tempfile.mkdtemp(prefix="load-"))
+    restate = RestateServer(work / "restate").start()
+    service = SampleService(work).start()
+    prefect = PrefectServer(home=work / "prefect", template_cache=DATA_DIR / "prefect-template")
+    prefect.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTATE_", "PREFECT_"))}
+    env.update(
+        {
+            "RESTATE_ADMIN_URL": restate.admin_url,
+            "RESTATE_INGRESS_URL": restate.ingress_url,
+            "PREFECT_API_URL": prefect.api_url,
+            "RECOVERY_DATABASE_URL": f"sqlite:///{work / 'audit.db'}",
+        }
+    )
+    api = OperatorApi(env=env, log_path=work / "api.log")
+    try:
+        restate.register(service.url)
+        api.start()
+        key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
+        result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
+        with Session(store.engine_for(env["RECOVERY_DATABASE_URL"])) as session:
+            rows = store.list_attempts(session=session, limit=1_000_000)
+        return {
+            **result.summary(),
+            "concurrency": concurrency,
+            "seconds": seconds,
+            "audit_rows": len(rows),
+            "audit_rows_unfinished": sum(1 for r in rows if r.finished_at is None),
+        }
+    finally:
+        api.stop()
+        prefect.stop()
+        service.stop()
+        restate.stop()
+        if os.environ.get("RECOVERY_KEEP_LOAD_DIR"):
+            print(f"kept {work}")  # noqa: T201
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--api", required=True)
-    parser.add_argument("--key", required=True)
+    parser.add_argument("--api")
+    parser.add_argument("--key")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
-    if not args.api.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        raise SystemExit("load runs against loopback only")
-    result = asyncio.run(
-        run_load(args.api, args.key, concurrency=args.concurrency, seconds=args.seconds)
-    )
-    print(json.dumps(result.summary(), indent=2))  # noqa: T201 - a command's output
+    if args.api is None:
+        summary = local_run(args.concurrency, args.seconds)
+    else:
+        if not args.api.startswith(("http://127.", "http://localhost", "http://[::1]")):
+            raise SystemExit("load runs against loopback only")
+        result = asyncio.run(
+            run_load(args.api, args.key, concurrency=args.concurrency, seconds=args.seconds)
+        )
+        summary = result.summary()
+    print(json.dumps(summary, indent=2))  # noqa: T201 - a command's output
 
 
 if __name__ == "__main__":
