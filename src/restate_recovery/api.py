@@ -308,6 +308,21 @@ def create_app() -> FastAPI:
         async with runs:
             return await run_audited_call(request, actor, route, arguments, parameters)
 
+    async def run_sealed(
+        request: Request,
+        actor: Actor,
+        route: str,
+        body: ForceRedeployRequest | CleanupStaleDeploymentsRequest,
+        parameters: dict[str, Any],
+    ) -> Any:
+        """Run a flow that takes a service URL: it gets the redacted URL and a reference."""
+        stored_url, ref = seal(body.service_url)
+        try:
+            sealed = {**parameters, "service_url": stored_url, "credentials_ref": ref}
+            return await run(request, actor, route, body.to_json(), sealed)
+        finally:
+            forget(ref)
+
     async def run_audited_call(
         request: Request,
         actor: Actor,
@@ -346,17 +361,8 @@ def create_app() -> FastAPI:
     async def force_redeploy(
         request: Request, actor: OperatorDep, body: ForceRedeployRequest
     ) -> Any:
-        stored_url, ref = seal(body.service_url)
-        try:
-            return await run(
-                request,
-                actor,
-                "force-redeploy",
-                body.to_json(),
-                {"service_url": stored_url, "force": body.force, "credentials_ref": ref},
-            )
-        finally:
-            forget(ref)
+        parameters = {"force": body.force}
+        return await run_sealed(request, actor, "force-redeploy", body, parameters)
 
     @app.post(
         f"{PREFIX}/cleanup-stale-deployments",
@@ -370,21 +376,8 @@ def create_app() -> FastAPI:
     async def cleanup_stale_deployments(
         request: Request, actor: OperatorDep, body: CleanupStaleDeploymentsRequest
     ) -> Any:
-        stored_url, ref = seal(body.service_url)
-        try:
-            return await run(
-                request,
-                actor,
-                "cleanup-stale-deployments",
-                body.to_json(),
-                {
-                    "service_url": stored_url,
-                    "force_drain": body.force_drain,
-                    "credentials_ref": ref,
-                },
-            )
-        finally:
-            forget(ref)
+        parameters = {"force_drain": body.force_drain}
+        return await run_sealed(request, actor, "cleanup-stale-deployments", body, parameters)
 
     @app.post(
         f"{PREFIX}/recover-stuck-workflow",

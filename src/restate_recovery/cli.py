@@ -199,6 +199,31 @@ def run_write(
         console.print(f"[green]{name}[/]: " + json.dumps(body))
 
 
+def run_sealed_write(
+    name: str,
+    request: ForceRedeployRequest | CleanupStaleDeploymentsRequest,
+    as_json: bool,
+    actor: str | None,
+    reason: str | None,
+    parameters: dict[str, Any],
+) -> None:
+    """A write that takes a service URL: the flow gets the redacted URL and a reference."""
+    stored_url, ref = seal(request.service_url)
+    try:
+        run_write(
+            name,
+            request,
+            as_json=as_json,
+            actor=actor,
+            reason=reason,
+            service_url=stored_url,
+            credentials_ref=ref,
+            **parameters,
+        )
+    finally:
+        forget(ref)
+
+
 def _validated(
     route: str,
     model: type[RequestT],
@@ -244,21 +269,8 @@ def force_redeploy(
         actor=actor,
         reason=reason,
     )
-    stored_url, ref = seal(request.service_url)
-    try:
-        run_write(
-            "force-redeploy",
-            request,
-            as_json=json_output,
-            actor=actor,
-            reason=reason,
-            service_url=stored_url,
-            force=request.force,
-            dry_run=dry_run,
-            credentials_ref=ref,
-        )
-    finally:
-        forget(ref)
+    parameters = {"force": request.force, "dry_run": dry_run}
+    run_sealed_write("force-redeploy", request, json_output, actor, reason, parameters)
 
 
 @app.command("cleanup-stale-deployments")
@@ -284,21 +296,8 @@ def cleanup_stale_deployments(
         actor=actor,
         reason=reason,
     )
-    stored_url, ref = seal(request.service_url)
-    try:
-        run_write(
-            "cleanup-stale-deployments",
-            request,
-            as_json=json_output,
-            actor=actor,
-            reason=reason,
-            service_url=stored_url,
-            force_drain=request.force_drain,
-            dry_run=dry_run,
-            credentials_ref=ref,
-        )
-    finally:
-        forget(ref)
+    parameters = {"force_drain": request.force_drain, "dry_run": dry_run}
+    run_sealed_write("cleanup-stale-deployments", request, json_output, actor, reason, parameters)
 
 
 @app.command("recover-stuck-workflow")

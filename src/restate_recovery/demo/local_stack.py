@@ -80,6 +80,36 @@ def _wait_until(
     raise StackError(f"{check}: not ready after {deadline_s:.0f} s ({last_error})")
 
 
+def _spawn(
+    what: str,
+    args: list[str],
+    *,
+    log_path: Path,
+    probe: Callable[[], bool],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, logging to ``log_path``; wait until ``probe`` passes.
+    On failure the process is stopped and the error carries the log's tail."""
+    log = log_path.open("ab")
+    process = subprocess.Popen(
+        args,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        _wait_until(what, timeout_s, probe, process)
+    except StackError as exc:
+        _terminate(process)
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise StackError(f"{exc}\n--- {log_path} (tail) ---\n{tail}") from exc
+    return process
+
+
 @dataclass
 class RestateServer:
     """One restate-server process with its own ports and data directory."""
@@ -122,21 +152,13 @@ class RestateServer:
                 ]
             )
         )
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
+            "restate-server",
             [str(restate_server_binary()), "--config-file", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=self.log_path,
+            probe=self._ready,
+            timeout_s=timeout_s,
         )
-        log.close()
-        try:
-            _wait_until("restate-server", timeout_s, self._ready, self.process)
-        except StackError as exc:
-            self.stop()
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise StackError(f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from exc
         return self
 
     def _ready(self) -> bool:
@@ -188,21 +210,18 @@ class SampleService:
             raise StackError(
                 "hypercorn is not installed in this environment: run ./scripts/bootstrap"
             )
-        log = (self.log_dir / "sample-service.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
+            "sample service",
             [
                 hypercorn,
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "restate_recovery.demo.sample_service:app",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=self.log_dir / "sample-service.log",
+            probe=self._listening,
+            timeout_s=timeout_s,
         )
-        log.close()
-        _wait_until("sample service", timeout_s, self._listening, self.process)
         return self
 
     def _listening(self) -> bool:
@@ -297,22 +316,14 @@ class PrefectServer:
                 "PREFECT_API_URL": self.api_url,
             }
         )
-        log = (self.home / "prefect-server.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
+            "prefect server",
             [str(Path(sys.executable).parent / "prefect"), "server", "start", "--no-ui"],
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=self.home / "prefect-server.log",
+            probe=self._healthy,
+            timeout_s=timeout_s,
         )
-        log.close()
-        try:
-            _wait_until("prefect server", timeout_s, self._healthy, self.process)
-        except StackError as exc:
-            self.stop()
-            tail = (self.home / "prefect-server.log").read_text(errors="replace")[-2000:]
-            raise StackError(f"{exc}\n--- prefect-server.log (tail) ---\n{tail}") from exc
         return self
 
     def _healthy(self) -> bool:
@@ -366,22 +377,14 @@ class OperatorApi:
 
     def start(self, *, timeout_s: float = 60.0) -> OperatorApi:
         cli = str(Path(sys.executable).parent / "restate-recovery")
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+        self.process = _spawn(
+            "operator API",
             [cli, "api", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=self.log_path,
+            probe=self._up,
+            timeout_s=timeout_s,
         )
-        log.close()
-        try:
-            _wait_until("operator API", timeout_s, self._up, self.process)
-        except StackError as exc:
-            self.stop()
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise StackError(f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from exc
         return self
 
     def _up(self) -> bool:
