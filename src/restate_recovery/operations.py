@@ -63,6 +63,23 @@ def record_finish(
         )
 
 
+def _attempt(
+    actor: Actor,
+    route: str,
+    arguments: dict[str, Any],
+    reason: str | None,
+    request_id: str | None,
+) -> store.AuditCreate:
+    return store.AuditCreate(
+        actor_user_id=actor.user_id,
+        role_at_time=actor.role,
+        route=route,
+        arguments=arguments,
+        reason=reason,
+        request_id=request_id,
+    )
+
+
 def internal_error_body(exc: BaseException) -> dict[str, Any]:
     return {"code": "INTERNAL_ERROR", "message": f"unexpected {type(exc).__name__}"}
 
@@ -78,14 +95,7 @@ async def audit_refusal(
     started_at: datetime | None = None,
 ) -> None:
     """An attempt refused before any flow ran (invalid input, missing permission)."""
-    attempt = store.AuditCreate(
-        actor_user_id=actor.user_id,
-        role_at_time=actor.role,
-        route=route,
-        arguments=arguments,
-        reason=reason,
-        request_id=request_id,
-    )
+    attempt = _attempt(actor, route, arguments, reason, request_id)
     attempt_id = await asyncio.to_thread(record_start, attempt, started_at)
     await asyncio.to_thread(record_finish, attempt_id, "failure", error.body(), None)
 
@@ -134,14 +144,7 @@ async def audited(
     started_at: datetime | None = None,
 ) -> Any:
     """Run ``call`` (which returns its result and a flow run id) between the two audit writes."""
-    attempt = store.AuditCreate(
-        actor_user_id=actor.user_id,
-        role_at_time=actor.role,
-        route=route,
-        arguments=arguments,
-        reason=reason,
-        request_id=request_id,
-    )
+    attempt = _attempt(actor, route, arguments, reason, request_id)
     attempt_id = await asyncio.to_thread(record_start, attempt, started_at)
     try:
         result, flow_run_id = await call()

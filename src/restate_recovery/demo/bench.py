@@ -90,45 +90,26 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     args = parser.parse_args()
     from sqlmodel import Session  # noqa: F401 - warm the imports before timing
 
-    from restate_recovery.demo.local_stack import (
-        OperatorApi,
-        PrefectServer,
-        RestateServer,
-        SampleService,
-        restate_cli_binary,
-    )
+    from restate_recovery.demo.local_stack import full_stack, restate_cli_binary
     from restate_recovery.settings import DATA_DIR
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    restate = RestateServer(work / "restate").start()
-    service = SampleService(work).start()
-    prefect = PrefectServer(home=work / "prefect", template_cache=DATA_DIR / "prefect-template")
-    os.environ["PREFECT_API_URL"] = prefect.api_url  # before prefect is first imported
-    prefect.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTATE_", "PREFECT_"))}
-    env.update(
-        {
-            "RESTATE_ADMIN_URL": restate.admin_url,
-            "RESTATE_INGRESS_URL": restate.ingress_url,
-            "RESTATE_SERVICE_URL": service.url,
-            "PREFECT_API_URL": prefect.api_url,
-            "RECOVERY_DATABASE_URL": f"sqlite:///{work / 'audit.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
-        }
-    )
-    os.environ.update(env)
-    api = OperatorApi(env=env, log_path=work / "api.log")
     try:
-        restate.register(service.url)
-        api.start()
-        key = api.create_key(actor="bench", role="ops", permissions=["system:operate"])
-        asyncio.run(run_all(args, restate, service, api, key, env, str(restate_cli_binary())))
+        with full_stack(work, DATA_DIR / "prefect-template") as stack:
+            os.environ.update(stack.env)
+            key = stack.api.create_key(actor="bench", role="ops", permissions=["system:operate"])
+            asyncio.run(
+                run_all(
+                    args,
+                    stack.restate,
+                    stack.service,
+                    stack.api,
+                    key,
+                    stack.env,
+                    str(restate_cli_binary()),
+                )
+            )
     finally:
-        api.stop()
-        prefect.stop()
-        service.stop()
-        restate.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

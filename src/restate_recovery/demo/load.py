@@ -93,48 +93,25 @@ def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
     from sqlmodel import Session
 
     from restate_recovery import store
-    from restate_recovery.demo.local_stack import (
-        OperatorApi,
-        PrefectServer,
-        RestateServer,
-        SampleService,
-    )
+    from restate_recovery.demo.local_stack import full_stack
     from restate_recovery.settings import DATA_DIR
 
     work = Path(tempfile.mkdtemp(prefix="load-"))
-    restate = RestateServer(work / "restate").start()
-    service = SampleService(work).start()
-    prefect = PrefectServer(home=work / "prefect", template_cache=DATA_DIR / "prefect-template")
-    prefect.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTATE_", "PREFECT_"))}
-    env.update(
-        {
-            "RESTATE_ADMIN_URL": restate.admin_url,
-            "RESTATE_INGRESS_URL": restate.ingress_url,
-            "PREFECT_API_URL": prefect.api_url,
-            "RECOVERY_DATABASE_URL": f"sqlite:///{work / 'audit.db'}",
-        }
-    )
-    api = OperatorApi(env=env, log_path=work / "api.log")
     try:
-        restate.register(service.url)
-        api.start()
-        key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
-        result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
-        with Session(store.engine_for(env["RECOVERY_DATABASE_URL"])) as session:
-            rows = store.list_attempts(session=session, limit=1_000_000)
-        return {
-            **result.summary(),
-            "concurrency": concurrency,
-            "seconds": seconds,
-            "audit_rows": len(rows),
-            "audit_rows_unfinished": sum(1 for r in rows if r.finished_at is None),
-        }
+        with full_stack(work, DATA_DIR / "prefect-template") as stack:
+            api = stack.api
+            key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
+            result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
+            with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
+                rows = store.list_attempts(session=session, limit=1_000_000)
+            return {
+                **result.summary(),
+                "concurrency": concurrency,
+                "seconds": seconds,
+                "audit_rows": len(rows),
+                "audit_rows_unfinished": sum(1 for r in rows if r.finished_at is None),
+            }
     finally:
-        api.stop()
-        prefect.stop()
-        service.stop()
-        restate.stop()
         if os.environ.get("RECOVERY_KEEP_LOAD_DIR"):
             print(f"kept {work}")  # noqa: T201
         else:

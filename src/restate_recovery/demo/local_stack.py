@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,3 +404,45 @@ class OperatorApi:
 
     def stop(self) -> None:
         _terminate(self.process)
+
+
+@dataclass
+class FullStack:
+    """restate-server, the sample service (registered), a Prefect server and the operator API."""
+
+    restate: RestateServer
+    service: SampleService
+    prefect: PrefectServer
+    api: OperatorApi
+    env: dict[str, str]
+
+
+@contextmanager
+def full_stack(work: Path, template_cache: Path) -> Iterator[FullStack]:
+    """Everything on free loopback ports under ``work``; the API's environment points at it all.
+    Sets ``PREFECT_API_URL`` in this process too (before Prefect is first imported here)."""
+    restate = RestateServer(work / "restate").start()
+    service = SampleService(work).start()
+    prefect = PrefectServer(home=work / "prefect", template_cache=template_cache)
+    os.environ["PREFECT_API_URL"] = prefect.api_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESTATE_", "RECOVERY_"))}
+    env.update(
+        {
+            "RESTATE_ADMIN_URL": restate.admin_url,
+            "RESTATE_INGRESS_URL": restate.ingress_url,
+            "RESTATE_SERVICE_URL": service.url,
+            "PREFECT_API_URL": prefect.api_url,
+            "RECOVERY_DATABASE_URL": f"sqlite:///{work / 'audit.db'}",
+        }
+    )
+    api = OperatorApi(env=env, log_path=work / "api.log")
+    try:
+        prefect.start()
+        restate.register(service.url)
+        api.start()
+        yield FullStack(restate, service, prefect, api, env)
+    finally:
+        api.stop()
+        prefect.stop()
+        service.stop()
+        restate.stop()
