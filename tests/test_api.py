@@ -293,6 +293,7 @@ def test_a_credentialed_service_url_reaches_restate_but_no_file_we_wrote(
 ) -> None:
     password = f"pw{uuid.uuid4().hex}"
     service = SampleService(tmp_path / "secret-svc").start()
+    deployment_id = None
     try:
         url = service.url.replace("http://", f"http://operator:{password}@")
         response = post(api, "force-redeploy", {"serviceUrl": url}, operator_key)
@@ -308,7 +309,8 @@ def test_a_credentialed_service_url_reaches_restate_but_no_file_we_wrote(
         assert cleanup.status_code == 404
         assert password not in cleanup.text
     finally:
-        httpx.delete(f"{restate.admin_url}/deployments/{deployment_id}?force=true", timeout=10)
+        if deployment_id is not None:
+            httpx.delete(f"{restate.admin_url}/deployments/{deployment_id}?force=true", timeout=10)
         service.stop()
 
     from prefect.logging.handlers import APILogWorker
