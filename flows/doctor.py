@@ -7,6 +7,8 @@ component marks only itself ``degraded`` (error status, unexpected payload) or `
 (refused, reset, timed out); the readout always comes back.
 Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
 (RESTATE_ADMIN_UNREACHABLE).
+Through the operator API the probes run the moment a request is accepted and the answer is sent
+as soon as they are done; this flow then records that very readout (it does not probe again).
 Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact, and emits a
 Prefect event per finding (restate_recovery.findings) for automations to act on.
 """
@@ -17,10 +19,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
 from restate_recovery.doctor import (
+    ANSWERED_READOUT,
     ProbeSet,
     readout_markdown,
     resolve_endpoints,
-    run_doctor,
+    take_readout,
     unhealthy_components,
 )
 from restate_recovery.findings import doctor_findings
@@ -42,7 +45,12 @@ PROBE_TASKS = ProbeSet(
 async def doctor() -> DoctorReadout:
     """Read-only readout of Restate: ingress, admin, deployments, services, invocations."""
     logger = get_run_logger()
-    readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
+    answered = ANSWERED_READOUT.get()
+    if answered is not None:
+        logger.info(
+            "recording the readout answered by the operator API (request %s)", answered.request_id
+        )
+    readout = await take_readout(lambda: resolve_endpoints(get_settings()), PROBE_TASKS)
     await acreate_markdown_artifact(
         markdown=readout_markdown(readout),
         key="restate-doctor",

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +95,15 @@ def audit_rows_from_cli(api: OperatorApi, limit: int = 20) -> list[dict[str, Any
 
 def row_for(api: OperatorApi, request_id: str) -> dict[str, Any]:
     (row,) = [r for r in audit_rows(api, 200) if r["requestId"] == request_id]
+    return row
+
+
+def finished_row_for(api: OperatorApi, request_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The doctor's row is finished once its answer is recorded as a flow run, just after it."""
+    deadline = time.monotonic() + timeout
+    while (row := row_for(api, request_id))["finishedAt"] is None:
+        assert time.monotonic() < deadline, f"audit row {request_id} never finished: {row}"
+        time.sleep(0.1)
     return row
 
 
@@ -302,7 +312,8 @@ def test_a_credentialed_service_url_reaches_restate_but_no_file_we_wrote(
         registered = httpx.get(f"{restate.admin_url}/deployments", timeout=10).json()
         uris = {d["id"]: d["uri"] for d in registered["deployments"]}
         assert password in uris[deployment_id]  # Restate got the credentials intact
-        post(api, "doctor", {}, operator_key)
+        post(api, "doctor", {}, operator_key, **{"X-Request-Id": "leak-doctor"})
+        finished_row_for(api, "leak-doctor")  # its flow run is recorded too before we search
         cleanup = post(
             api, "cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/"}, operator_key
         )
@@ -356,6 +367,67 @@ def test_openapi_document_lists_the_four_routes(api: OperatorApi) -> None:
     assert {f"{PREFIX}/{r}" for r in ROUTES} <= set(document["paths"])
 
 
+def test_the_doctor_answers_first_and_records_exactly_that_readout_as_a_flow_run(
+    api: OperatorApi, operator_key: str, prefect_server: PrefectServer
+) -> None:
+    from restate_recovery.doctor import readout_markdown
+    from restate_recovery.models import DoctorReadout
+
+    response = post(api, "doctor", {}, operator_key, **{"X-Request-Id": "recorded-doctor"})
+    assert response.status_code == 200
+    answered = DoctorReadout.model_validate(response.json())
+
+    row = finished_row_for(api, "recorded-doctor")
+    assert (row["route"], row["outcome"], row["error"]) == ("doctor", "success", None)
+    run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10).json()
+    assert run["state_type"] == "COMPLETED" and run["parameters"] == {}
+    artifacts = httpx.post(
+        f"{prefect_server.api_url}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [row["flowRunId"]]}}},
+        timeout=10,
+    ).json()
+    assert [a["data"] for a in artifacts] == [readout_markdown(answered)]
+
+
+def test_the_doctor_answers_when_prefect_is_down_and_the_row_says_no_run(
+    restate: RestateStack,
+) -> None:
+    home = SESSION_DIR / "api-no-prefect"
+    home.mkdir(exist_ok=True)
+    env = api_env(
+        restate, f"sqlite:///{home / 'audit.db'}", PREFECT_API_URL=closed_port_url() + "/api"
+    )
+    server = OperatorApi(env=env, log_path=home / "api.log").start()
+    try:
+        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+        response = post(server, "doctor", {}, key, **{"X-Request-Id": "no-prefect"})
+        assert response.status_code == 200
+        assert response.json()["admin"]["status"] == "ok"
+        row = finished_row_for(server, "no-prefect")
+        assert (row["outcome"], row["flowRunId"]) == ("success", None)
+    finally:
+        server.stop()
+    assert "doctor answer no-prefect was not recorded in Prefect" in server.log_path.read_text()
+
+
+def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(
+    prefect_server: PrefectServer, restate: RestateStack
+) -> None:
+    home = SESSION_DIR / "api-drain"
+    home.mkdir(exist_ok=True)
+    server = OperatorApi(
+        env=api_env(restate, f"sqlite:///{home / 'audit.db'}"), log_path=home / "api.log"
+    ).start()
+    key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+    try:
+        response = post(server, "doctor", {}, key, **{"X-Request-Id": "drained"})
+        assert response.status_code == 200
+    finally:
+        server.stop()  # SIGTERM right after the answer, while its run is being recorded
+    row = row_for(server, "drained")
+    assert row["finishedAt"] is not None and uuid.UUID(row["flowRunId"])
+
+
 def test_the_api_audits_into_postgresql(
     prefect_server: PrefectServer, restate: RestateStack, postgres_url: str
 ) -> None:
@@ -366,7 +438,7 @@ def test_the_api_audits_into_postgresql(
         key = server.create_key(actor="pg_operator", role="ops", permissions=["system:operate"])
         response = post(server, "doctor", {}, key, **{"X-Request-Id": "pg-doctor"})
         assert response.status_code == 200
-        row = row_for(server, "pg-doctor")
+        row = finished_row_for(server, "pg-doctor")
         assert (row["actorUserId"], row["route"], row["outcome"]) == (
             "pg_operator",
             "doctor",

@@ -30,6 +30,25 @@ def test_migrations_create_both_tables(session: Session) -> None:
     assert {"operation_audit", "api_key", "alembic_version"} <= tables
 
 
+def test_head_revision_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(store.MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == store.HEAD_REVISION
+
+
+def test_a_new_database_is_at_head_only_once_migrated(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert not store.at_head(url)
+    store.migrate(url)
+    assert store.at_head(url)
+    assert {"operation_audit", "api_key"} <= set(
+        sa.inspect(store.engine_for(url)).get_table_names()
+    )
+
+
 def test_keys_are_stored_hashed_and_checked(session: Session) -> None:
     key, plaintext = store.create_api_key(
         session=session, actor="u1", role="ops", permissions=["system:operate", "system:operate"]

@@ -2,7 +2,8 @@
 receiver later), API-key authentication, the error envelope, and an audit row per attempt.
 
 Served by ``restate-recovery api``. Each call runs the same Prefect flow as the CLI, in this
-process, and answers with its result.
+process, and answers with its result; the doctor answers as soon as its probes are done and its
+flow run is recorded right after (``operations.DoctorRecorder``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -31,6 +33,7 @@ from restate_recovery.errors import AdminUnreachableError, InvalidRequestError, 
 from restate_recovery.models import DoctorReadout
 from restate_recovery.operations import (
     Actor,
+    DoctorRecorder,
     audit_refusal,
     audited,
     database_url,
@@ -51,6 +54,10 @@ logger = logging.getLogger(__name__)
 PREFIX = "/api/v2/admin/operator/restate"
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON = 2000
+# Doctor answers waiting to be recorded as flow runs, per allowed concurrent run; past that a new
+# doctor call waits before probing. On shutdown the API waits this long for them.
+PENDING_RECORDS_PER_RUN = 4
+DRAIN_RECORDS_SECONDS = 30.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -228,6 +235,8 @@ def create_app() -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(database_url)  # migrate the audit database before serving
         yield
+        await doctor_records.drain(timeout=DRAIN_RECORDS_SECONDS)
+        flow_threads.shutdown(wait=False)
 
     app = FastAPI(
         title="restate-recovery operator API",
@@ -296,7 +305,12 @@ def create_app() -> FastAPI:
 
     # Every call is a Prefect flow run in this process: past a few at once they only slow each
     # other (and Prefect's server) down, so the rest queue here.
-    runs = asyncio.Semaphore(get_settings().recovery_api_max_concurrent_runs)
+    max_runs = get_settings().recovery_api_max_concurrent_runs
+    runs = asyncio.Semaphore(max_runs)
+    flow_threads = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="flow-run")
+    doctor_records = DoctorRecorder(
+        runs, max_pending=PENDING_RECORDS_PER_RUN * max_runs, executor=flow_threads
+    )
 
     async def run(
         request: Request,
@@ -339,6 +353,7 @@ def create_app() -> FastAPI:
             flow_name=route,
             parameters=parameters,
             started_at=request.state.started_at,
+            executor=flow_threads,
         )
 
     @app.post(
@@ -350,7 +365,12 @@ def create_app() -> FastAPI:
     async def doctor(
         request: Request, actor: OperatorDep, body: DoctorRequest | None = None
     ) -> Any:
-        return await run(request, actor, "doctor", {}, {})
+        return await doctor_records.answer(
+            actor=actor,
+            reason=reason_of(request),
+            request_id=request_id_of(request),
+            started_at=request.state.started_at,
+        )
 
     @app.post(
         f"{PREFIX}/force-redeploy",

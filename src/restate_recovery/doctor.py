@@ -12,13 +12,19 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
-from restate_recovery.client import RestateAdminClient, ingress_health
-from restate_recovery.errors import AdminUnreachableError, RestateRejected, RestateUnreachable
+from restate_recovery.client import RestateAdminClient, ingress_health, tls_context
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    OperatorError,
+    RestateRejected,
+    RestateUnreachable,
+)
 from restate_recovery.models import (
     AdminReadout,
     ComponentStatus,
@@ -297,6 +303,7 @@ def open_ingress(
         base_url=endpoints.ingress_url.rstrip("/"),
         timeout=httpx.Timeout(endpoints.probe_timeout),
         transport=transport,
+        verify=tls_context(),
     )
 
 
@@ -344,6 +351,40 @@ async def run_doctor(
         services=services_r,
         invocations=invocations_r,
     )
+
+
+@dataclass(frozen=True)
+class AnsweredReadout:
+    """A doctor outcome the operator API has already answered with (a readout, or the error of an
+    unresolvable admin URL). The ``restate-doctor`` flow records it instead of probing again, so
+    the recorded run holds exactly what the operator was told."""
+
+    readout: DoctorReadout | None
+    error: OperatorError | None
+    request_id: str | None
+
+    def unwrap(self) -> DoctorReadout:
+        if self.error is not None:
+            raise self.error
+        assert self.readout is not None
+        return self.readout
+
+
+# Set (in-process only, never a flow parameter: readouts may hold credentialed service URLs) by
+# the operator API around the flow run that records an answered readout.
+ANSWERED_READOUT: ContextVar[AnsweredReadout | None] = ContextVar(
+    "restate_recovery_answered_readout", default=None
+)
+
+
+async def take_readout(
+    endpoints_of: Callable[[], Endpoints], probes: ProbeSet = ProbeSet()
+) -> DoctorReadout:
+    """An answered readout when there is one in this context, otherwise a fresh one."""
+    answered = ANSWERED_READOUT.get()
+    if answered is not None:
+        return answered.unwrap()
+    return await run_doctor(endpoints_of(), probes=probes)
 
 
 def guard_admin(readout: DoctorReadout) -> None:

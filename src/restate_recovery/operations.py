@@ -2,13 +2,20 @@
 
 Every attempt leaves one audit row: inserted before the flow starts (so a crash mid-route still
 leaves a trace), finished once with the outcome, the error body and the Prefect flow run id.
+
+The HTTP doctor is the one exception to "answer when the flow has finished": it answers as soon as
+its probes are done, then records that readout as a ``restate-doctor`` flow run right after
+(``DoctorRecorder``); its audit row is finished when the run is recorded. A recorded Prefect run
+costs a few hundred milliseconds, many times a whole doctor readout (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -17,7 +24,9 @@ from typing import Any
 from sqlmodel import Session
 
 from restate_recovery import store
+from restate_recovery.doctor import ANSWERED_READOUT, AnsweredReadout, resolve_endpoints, run_doctor
 from restate_recovery.errors import OperatorError
+from restate_recovery.models import DoctorReadout
 from restate_recovery.runbooks import load_flow
 from restate_recovery.settings import get_settings
 
@@ -100,6 +109,24 @@ async def audit_refusal(
     await asyncio.to_thread(record_finish, attempt_id, "failure", error.body(), None)
 
 
+async def call_flow(name: str, parameters: dict[str, Any], executor: Executor | None) -> Any:
+    """Run a runbook flow in this process and return its final state.
+
+    With an ``executor`` the run gets a thread (and event loop) of its own. A long-lived server
+    needs that: while a flow runs on the main thread Prefect swaps the SIGTERM handler for one that
+    raises inside whatever the main thread is doing, so a plain ``SIGTERM`` would kill the API
+    mid-request instead of letting it finish its requests and shut down.
+    """
+    if executor is None:
+        return await load_flow(name)(**parameters, return_state=True)
+
+    def in_thread() -> Any:
+        return asyncio.run(load_flow(name)(**parameters, return_state=True))
+
+    context = contextvars.copy_context()  # carries ANSWERED_READOUT to the run
+    return await asyncio.get_running_loop().run_in_executor(executor, context.run, in_thread)
+
+
 async def run_audited(
     *,
     actor: Actor,
@@ -110,11 +137,12 @@ async def run_audited(
     flow_name: str,
     parameters: dict[str, Any],
     started_at: datetime | None = None,
+    executor: Executor | None = None,
 ) -> Any:
     """Run a runbook flow in this process with its audit row; returns the flow's result."""
 
     async def call() -> tuple[Any, str | None]:
-        state = await load_flow(flow_name)(**parameters, return_state=True)
+        state = await call_flow(flow_name, parameters, executor)
         flow_run_id = str(state.state_details.flow_run_id)
         try:
             return await state.aresult(raise_on_failure=True), flow_run_id
@@ -159,3 +187,84 @@ async def audited(
         raise
     await asyncio.to_thread(record_finish, attempt_id, "success", None, flow_run_id)
     return result
+
+
+class DoctorRecorder:
+    """Records answered HTTP doctor readouts as ``restate-doctor`` flow runs, in the background.
+
+    ``runs`` bounds the flow runs this process executes at once (shared with the write routes),
+    each in a thread of ``executor`` (``call_flow``);
+    at most ``max_pending`` answers may wait to be recorded, past that a new doctor call waits
+    before it probes (nothing is dropped). ``drain`` waits for the records still pending.
+    """
+
+    def __init__(self, runs: asyncio.Semaphore, max_pending: int, executor: Executor) -> None:
+        self._runs = runs
+        self._executor = executor
+        self._pending = asyncio.Semaphore(max_pending)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(
+        self,
+        *,
+        actor: Actor,
+        reason: str | None,
+        request_id: str | None,
+        started_at: datetime | None = None,
+    ) -> DoctorReadout:
+        """Probe, answer, and leave the audit row and the flow run to the background record."""
+        await self._pending.acquire()
+        try:
+            attempt_id, answered = await self._probe(actor, reason, request_id, started_at)
+        except BaseException:
+            self._pending.release()
+            raise
+        task = asyncio.create_task(self._record(attempt_id, answered))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return answered.unwrap()
+
+    async def _probe(
+        self, actor: Actor, reason: str | None, request_id: str | None, started_at: datetime | None
+    ) -> tuple[int, AnsweredReadout]:
+        # The audit row is written while the probes run (they only read); nothing is answered
+        # unless it was written.
+        attempt = _attempt(actor, "doctor", {}, reason, request_id)
+        row = asyncio.ensure_future(asyncio.to_thread(record_start, attempt, started_at))
+        try:
+            readout = await run_doctor(resolve_endpoints(get_settings()))
+            answered = AnsweredReadout(readout=readout, error=None, request_id=request_id)
+        except OperatorError as exc:  # the admin URL is unset or invalid
+            answered = AnsweredReadout(readout=None, error=exc, request_id=request_id)
+        except BaseException as exc:
+            attempt_id = await row
+            await asyncio.to_thread(
+                record_finish, attempt_id, "failure", internal_error_body(exc), None
+            )
+            raise
+        return await row, answered
+
+    async def _record(self, attempt_id: int, answered: AnsweredReadout) -> None:
+        flow_run_id: str | None = None
+        try:
+            async with self._runs:
+                token = ANSWERED_READOUT.set(answered)
+                try:
+                    state = await call_flow("doctor", {}, self._executor)
+                finally:
+                    ANSWERED_READOUT.reset(token)
+            flow_run_id = str(state.state_details.flow_run_id)
+        except Exception:
+            logger.exception("doctor answer %s was not recorded in Prefect", answered.request_id)
+        finally:
+            try:
+                outcome: store.Outcome = "success" if answered.error is None else "failure"
+                error = answered.error.body() if answered.error is not None else None
+                await asyncio.to_thread(record_finish, attempt_id, outcome, error, flow_run_id)
+            finally:
+                self._pending.release()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the answers still being recorded."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)

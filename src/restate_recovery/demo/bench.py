@@ -1,11 +1,16 @@
 """Benchmark: the doctor and the runbooks against the raw engine floor, in one run, on one machine.
 
-    .venv/bin/python -m restate_recovery.demo.bench [--sizes 1000,10000] [--repeats 7]
+    .venv/bin/python -m restate_recovery.demo.bench [--sizes 1000,10000,50000] [--repeats 7]
 
 Starts its own restate-server, sample service, Prefect server (pre-migrated template) and operator
 API on free loopback ports; seeds invocations (70 % succeed, 20 % terminal failure, 10 % sleeping);
-then prints, per size, the median (and min) wall time of each measurement. It prints numbers;
-nothing here is asserted.
+then prints, per size, the median (and min) wall time of each measurement, and at the end the
+doctor with 101 deployments, the cleanup of 100 stale deployments, the CLI with no Prefect server
+configured, and the API's peak memory. It prints numbers; nothing here is asserted.
+
+The raw floor is plain HTTP with a fresh connection per request (as curl or the ``restate`` CLI
+do), per doctor probe: ingress health; admin health then version; deployments; services; and the
+invocation table, whose probe is two SQL queries sent at once (counts by status, recent failures).
 """
 
 from __future__ import annotations
@@ -28,20 +33,17 @@ import httpx
 
 PREFIX = "/api/v2/admin/operator/restate"
 WORKFLOW = "IdentityRecoveryWorkflow"
-RAW_PROBES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
-    "ingress /restate/health": ("ingress", "/restate/health", None),
-    "admin /health": ("admin", "/health", None),
-    "admin /version": ("admin", "/version", None),
-    "admin /deployments": ("admin", "/deployments", None),
-    "admin /services": ("admin", "/services", None),
-}
+QUERY_HEADERS = {"accept": "application/json"}
+
+Call = Callable[[], Awaitable[Any]]
+COUNTS_ALONE = "  (one query alone: counts by status)"
 
 
 def ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:9.1f} {min(samples) * 1000:9.1f}"
 
 
-async def timed(repeats: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
+async def timed(repeats: int, call: Call) -> list[float]:
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -50,47 +52,247 @@ async def timed(repeats: int, call: Callable[[], Awaitable[Any]]) -> list[float]
     return samples
 
 
-def get(http: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[Any]]:
-    async def call() -> Any:
-        return await http.get(url)
-
-    return call
-
-
-def query(http: httpx.AsyncClient, restate: Any, sql: str) -> Callable[[], Awaitable[Any]]:
-    async def call() -> Any:
-        return await http.post(
-            f"{restate.admin_url}/query",
-            json={"query": sql},
-            headers={"accept": "application/json"},
-        )
-
-    return call
-
-
-async def seed(ingress_url: str, count: int) -> None:
-    gate = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=ingress_url, timeout=60) as http:
+async def seed(ingress_url: str, count: int, start: int = 0) -> None:
+    gate = asyncio.Semaphore(64)
+    async with httpx.AsyncClient(base_url=ingress_url, timeout=120) as http:
 
         async def one(n: int) -> None:
             mode = "fail" if n % 10 in (1, 2) else "sleep" if n % 10 == 3 else "succeed"
             async with gate:
-                await http.post(
+                response = await http.post(
                     f"/{WORKFLOW}/seed_{uuid.uuid4().hex[:12]}/run/send",
                     json={"mode": mode, "seconds": 3600},
                 )
+                response.raise_for_status()
 
-        await asyncio.gather(*(one(n) for n in range(count)))
+        await asyncio.gather(*(one(n) for n in range(start, start + count)))
 
 
-def main() -> None:  # noqa: PLR0915 - a linear script
+async def settle(admin_url: str, timeout: float = 300) -> None:
+    """Wait until no seeded invocation is still on its way (only the sleepers stay active)."""
+    busy = (
+        "SELECT count(*) AS n FROM sys_invocation "
+        "WHERE status IN ('pending', 'scheduled', 'ready', 'running', 'backing-off')"
+    )
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=60, headers={"connection": "close"}) as http:
+        while time.monotonic() < deadline:
+            response = await http.post(
+                f"{admin_url}/query", json={"query": busy}, headers=QUERY_HEADERS
+            )
+            if response.json()["rows"][0].get("n", 0) == 0:
+                return
+            await asyncio.sleep(1)
+
+
+def raw_probes(http: httpx.AsyncClient, admin: str, ingress: str) -> dict[str, Call]:
+    """The doctor's five probes as plain HTTP (component name -> one call)."""
+    from restate_recovery.doctor import COUNT_BY_STATUS_SQL, RECENT_FAILURES_SQL
+
+    def query(sql: str) -> Awaitable[httpx.Response]:
+        return http.post(f"{admin}/query", json={"query": sql}, headers=QUERY_HEADERS)
+
+    async def admin_probe() -> None:
+        await http.get(f"{admin}/health")
+        await http.get(f"{admin}/version")
+
+    async def invocations() -> None:
+        await asyncio.gather(query(COUNT_BY_STATUS_SQL), query(RECENT_FAILURES_SQL))
+
+    return {
+        "ingress: GET /restate/health": lambda: http.get(f"{ingress}/restate/health"),
+        "admin: GET /health, then /version": admin_probe,
+        "deployments: GET /deployments": lambda: http.get(f"{admin}/deployments"),
+        "services: GET /services": lambda: http.get(f"{admin}/services"),
+        "invocations: both queries at once": invocations,
+        COUNTS_ALONE: lambda: query(COUNT_BY_STATUS_SQL),
+        "  (one query alone: recent failures)": lambda: query(RECENT_FAILURES_SQL),
+    }
+
+
+class Bench:
+    def __init__(self, stack: Any, key: str, repeats: int) -> None:
+        self.stack = stack
+        self.key = key
+        self.repeats = repeats
+        self.cli = str(Path(sys.executable).parent / "restate-recovery")
+
+    async def post(self, http: httpx.AsyncClient, route: str, body: Any, **headers: str) -> Any:
+        response = await http.post(
+            f"{self.stack.api.url}{PREFIX}/{route}",
+            json=body,
+            headers={"X-Api-Key": self.key, **headers},
+        )
+        response.raise_for_status()
+        return response
+
+    def audit_finished(self, request_id: str) -> bool:
+        from sqlmodel import Session, col, select
+
+        from restate_recovery import store
+
+        url = self.stack.env["RECOVERY_DATABASE_URL"]
+        with Session(store.engine_for(url)) as session:
+            statement = select(store.OperationAudit).where(
+                col(store.OperationAudit.request_id) == request_id
+            )
+            row = session.exec(statement).first()
+            return row is not None and row.finished_at is not None
+
+    async def route_doctor(self, http: httpx.AsyncClient) -> tuple[list[float], list[float]]:
+        """(until answered, until recorded as a flow run), one call at a time on a quiet API."""
+        answered, recorded = [], []
+        for n in range(self.repeats + 1):
+            request_id = f"bench-{uuid.uuid4().hex[:12]}"
+            started = time.perf_counter()
+            await self.post(http, "doctor", {}, **{"X-Request-Id": request_id})
+            answer = time.perf_counter() - started
+            while not await asyncio.to_thread(self.audit_finished, request_id):
+                await asyncio.sleep(0.005)
+            if n:  # the first call warms the route up
+                answered.append(answer)
+                recorded.append(time.perf_counter() - started)
+        return answered, recorded
+
+    async def cli_doctor(self) -> None:
+        await asyncio.to_thread(
+            subprocess.run,
+            [self.cli, "doctor", "--json"],
+            env=self.stack.env,
+            capture_output=True,
+            check=True,
+        )
+
+    async def restate_cli_readout(self) -> None:
+        from restate_recovery.demo.local_stack import restate_cli_binary
+        from restate_recovery.doctor import COUNT_BY_STATUS_SQL
+
+        binary = str(restate_cli_binary())
+        env = {**self.stack.env, "RESTATE_ADMIN_URL": self.stack.restate.admin_url}
+        for command in (
+            ["deployments", "list"],
+            ["services", "list"],
+            ["sql", COUNT_BY_STATUS_SQL],
+        ):
+            await asyncio.to_thread(
+                subprocess.run, [binary, *command], env=env, capture_output=True, check=False
+            )
+
+    async def recover_once(self, http: httpx.AsyncClient) -> float:
+        from restate_recovery.demo.local_stack import submit_workflow, wait_for_status
+
+        restate = self.stack.restate
+        key = f"bench_{uuid.uuid4().hex[:10]}"
+        invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+        await asyncio.to_thread(wait_for_status, restate.admin_url, invocation_id, "completed")
+        started = time.perf_counter()
+        await self.post(
+            http, "recover-stuck-workflow", {"serviceName": WORKFLOW, "serviceKey": key}
+        )
+        return time.perf_counter() - started
+
+    async def size(self, size: int, seeded_in: float) -> None:
+        from restate_recovery.doctor import resolve_endpoints, run_doctor
+        from restate_recovery.runbooks import run_flow
+        from restate_recovery.settings import get_settings
+
+        restate, repeats = self.stack.restate, self.repeats
+        endpoints = resolve_endpoints(get_settings())
+        rows: list[tuple[str, list[float]]] = []
+        fresh = httpx.AsyncClient(timeout=60, headers={"connection": "close"})
+        async with fresh, httpx.AsyncClient(timeout=120) as http:
+            probes = raw_probes(fresh, restate.admin_url, restate.ingress_url)
+            components = []
+            for label, call in probes.items():
+                rows.append((f"raw {label}", await timed(repeats, call)))
+                if not label.startswith(" "):
+                    components.append(statistics.median(rows[-1][1]))
+            floor = max(components)
+            counts = raw_probes(http, restate.admin_url, restate.ingress_url)[COUNTS_ALONE]
+            rows.append(
+                ("raw counts query, reused keep-alive connection", await timed(repeats, counts))
+            )
+            rows.append(
+                ("doctor: library call", await timed(repeats, lambda: run_doctor(endpoints)))
+            )
+            rows.append(
+                ("doctor: Prefect flow run", await timed(repeats, lambda: run_flow("doctor")))
+            )
+            rows.append(
+                ("doctor: CLI (running Prefect server)", await timed(repeats, self.cli_doctor))
+            )
+            answered, recorded = await self.route_doctor(http)
+            rows.append(("doctor: HTTP route, answered (warm)", answered))
+            rows.append(("doctor: HTTP route, run recorded", recorded))
+            rows.append(
+                ("same readout with the restate CLI", await timed(3, self.restate_cli_readout))
+            )
+            recover = [await self.recover_once(http) for _ in range(repeats)]
+            rows.append(("recover-stuck-workflow end to end (HTTP)", recover))
+            body = {"serviceUrl": self.stack.service.url}
+            redeploy = await timed(repeats, lambda: self.post(http, "force-redeploy", body))
+            rows.append(("force-redeploy end to end (HTTP)", redeploy))
+        print(f"\n== {size} invocations (seeded in {seeded_in:.0f} s); ms: median, min")  # noqa: T201
+        for label, samples in rows:
+            print(f"{label:48s} {ms(samples)}")  # noqa: T201
+        route = statistics.median(answered)
+        print(  # noqa: T201
+            f"{'slowest raw probe (median)':48s} {floor * 1000:9.1f}\n"
+            f"{'HTTP doctor answered / slowest raw probe':48s} {route / floor:9.2f}x"
+        )
+
+    async def deployments_and_cleanup(self) -> None:
+        """The doctor with 101 deployments, then the cleanup of the 100 stale ones."""
+        from restate_recovery.doctor import resolve_endpoints, run_doctor
+        from restate_recovery.settings import get_settings
+
+        restate, service = self.stack.restate, self.stack.service
+        endpoints = resolve_endpoints(get_settings())
+        async with httpx.AsyncClient(timeout=120) as http:
+            before = await timed(self.repeats, lambda: run_doctor(endpoints))
+            for n in range(100):
+                response = await http.post(
+                    f"{restate.admin_url}/deployments",
+                    json={"uri": f"{service.url}/stale{n}/", "force": True},
+                )
+                response.raise_for_status()
+            listed = (await http.get(f"{restate.admin_url}/deployments")).json()["deployments"]
+            after = await timed(self.repeats, lambda: run_doctor(endpoints))
+            answered, _ = await self.route_doctor(http)
+            started = time.perf_counter()
+            response = await http.post(
+                f"{self.stack.api.url}{PREFIX}/cleanup-stale-deployments",
+                json={"serviceUrl": service.url + "/", "forceDrain": True},
+                headers={"X-Api-Key": self.key},
+            )
+            elapsed = time.perf_counter() - started
+            left = (await http.get(f"{restate.admin_url}/deployments")).json()["deployments"]
+        print(  # noqa: T201
+            f"\ndoctor library call with 1 deployment:    {ms(before)}\n"
+            f"doctor library call with {len(listed)} deployments: {ms(after)}\n"
+            f"doctor HTTP route with {len(listed)} deployments:   {ms(answered)}\n"
+            f"cleanup of {len(listed) - 1} stale deployments (HTTP, forceDrain): "
+            f"{elapsed * 1000:.0f} ms, answer {response.status_code}, {len(left)} left"
+        )
+
+    def embedded_cli(self, work: Path) -> None:
+        """The CLI with no PREFECT_API_URL: Prefect's temporary server, on a new PREFECT_HOME."""
+        env = {k: v for k, v in self.stack.env.items() if k != "PREFECT_API_URL"}
+        env["PREFECT_HOME"] = str(work / "embedded-home")
+        for run in ("first run on a new PREFECT_HOME", "second run"):
+            started = time.perf_counter()
+            subprocess.run([self.cli, "doctor", "--json"], env=env, capture_output=True, check=True)
+            print(f"CLI doctor, no Prefect server, {run}: {time.perf_counter() - started:.1f} s")  # noqa: T201
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000", help="invocation counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     from sqlmodel import Session  # noqa: F401 - warm the imports before timing
 
-    from restate_recovery.demo.local_stack import full_stack, restate_cli_binary
+    from restate_recovery.demo.local_stack import full_stack
     from restate_recovery.settings import DATA_DIR
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -98,162 +300,29 @@ def main() -> None:  # noqa: PLR0915 - a linear script
         with full_stack(work, DATA_DIR / "prefect-template") as stack:
             os.environ.update(stack.env)
             key = stack.api.create_key(actor="bench", role="ops", permissions=["system:operate"])
-            asyncio.run(
-                run_all(
-                    args,
-                    stack.restate,
-                    stack.service,
-                    stack.api,
-                    key,
-                    stack.env,
-                    str(restate_cli_binary()),
-                )
-            )
+            bench = Bench(stack, key, args.repeats)
+            print(f"machine: {os.cpu_count()} cores; repeats per row: {args.repeats}")  # noqa: T201
+            asyncio.run(run_sizes(bench, [int(s) for s in args.sizes.split(",")]))
+            asyncio.run(bench.deployments_and_cleanup())
+            status = Path(f"/proc/{stack.api.process.pid}/status").read_text()  # type: ignore[union-attr]
+            peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+            print(f"operator API process peak memory: {peak.split(':', 1)[1].strip()}")  # noqa: T201
+            bench.embedded_cli(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def run_all(
-    args: argparse.Namespace,
-    restate: Any,
-    service: Any,
-    api: Any,
-    key: str,
-    env: dict[str, str],
-    restate_cli: str,
-) -> None:
-    from restate_recovery.demo.local_stack import submit_workflow, wait_for_status
-    from restate_recovery.doctor import COUNT_BY_STATUS_SQL, RECENT_FAILURES_SQL, resolve_endpoints
-    from restate_recovery.doctor import run_doctor as library_doctor
-    from restate_recovery.runbooks import run_flow
+async def run_sizes(bench: Bench, sizes: list[int]) -> None:
     from restate_recovery.settings import get_settings
 
     get_settings.cache_clear()
-    endpoints = resolve_endpoints(get_settings())
-    repeats = args.repeats
-    cli = str(Path(sys.executable).parent / "restate-recovery")
-    bases = {"admin": restate.admin_url, "ingress": restate.ingress_url}
     seeded = 0
-    print(f"machine: {os.cpu_count()} cores; repeats per row: {repeats}; ms: median, min")  # noqa: T201
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in sizes:
         started = time.perf_counter()
-        await seed(restate.ingress_url, size - seeded)
+        await seed(bench.stack.restate.ingress_url, size - seeded, start=seeded)
+        await settle(bench.stack.restate.admin_url)
         seeded = size
-        await asyncio.sleep(2)
-        print(f"\n== {size} invocations (seeded in {time.perf_counter() - started:.1f} s)")  # noqa: T201
-        rows: list[tuple[str, list[float]]] = []
-        async with httpx.AsyncClient(timeout=60) as http:
-            for label, (base, path, _) in RAW_PROBES.items():
-                rows.append((f"raw {label}", await timed(repeats, get(http, bases[base] + path))))
-            for label, sql in (("counts", COUNT_BY_STATUS_SQL), ("failures", RECENT_FAILURES_SQL)):
-                rows.append(
-                    (f"raw admin /query {label}", await timed(repeats, query(http, restate, sql)))
-                )
-            slowest = max(statistics.median(s) for _, s in rows)
-            rows.append(
-                ("doctor: library call", await timed(repeats, lambda: library_doctor(endpoints)))
-            )
-            rows.append(
-                ("doctor: Prefect flow run", await timed(repeats, lambda: run_flow("doctor")))
-            )
-
-            async def cli_doctor() -> None:
-                await asyncio.to_thread(
-                    subprocess.run,
-                    [cli, "doctor", "--json"],
-                    env=env,
-                    capture_output=True,
-                    check=True,
-                )
-
-            rows.append(("doctor: CLI (running Prefect server)", await timed(repeats, cli_doctor)))
-
-            async def route_doctor() -> None:
-                response = await http.post(
-                    f"{api.url}{PREFIX}/doctor", json={}, headers={"X-Api-Key": key}
-                )
-                response.raise_for_status()
-
-            await route_doctor()  # warm
-            rows.append(("doctor: HTTP route (warm)", await timed(repeats, route_doctor)))
-
-            async def restate_cli_readout() -> None:
-                for command in (
-                    ["deployments", "list"],
-                    ["services", "list"],
-                    ["sql", COUNT_BY_STATUS_SQL],
-                ):
-                    await asyncio.to_thread(
-                        subprocess.run,
-                        [restate_cli, *command],
-                        env={**env, "RESTATE_ADMIN_URL": restate.admin_url},
-                        capture_output=True,
-                        check=False,
-                    )
-
-            rows.append(("same readout with the restate CLI", await timed(3, restate_cli_readout)))
-
-            async def recover_once() -> float:
-                key_ = f"bench_{uuid.uuid4().hex[:10]}"
-                invocation_id = submit_workflow(restate.ingress_url, key_, "fail")
-                await asyncio.to_thread(
-                    wait_for_status, restate.admin_url, invocation_id, "completed"
-                )
-                started = time.perf_counter()
-                response = await http.post(
-                    f"{api.url}{PREFIX}/recover-stuck-workflow",
-                    json={"serviceName": WORKFLOW, "serviceKey": key_},
-                    headers={"X-Api-Key": key},
-                )
-                response.raise_for_status()
-                return time.perf_counter() - started
-
-            recover_samples = [await recover_once() for _ in range(repeats)]
-            rows.append(("recover-stuck-workflow end to end (HTTP)", recover_samples))
-
-            async def redeploy() -> None:
-                response = await http.post(
-                    f"{api.url}{PREFIX}/force-redeploy",
-                    json={"serviceUrl": service.url},
-                    headers={"X-Api-Key": key},
-                )
-                response.raise_for_status()
-
-            rows.append(("force-redeploy end to end (HTTP)", await timed(repeats, redeploy)))
-        for label, samples in rows:
-            print(f"{label:45s} {ms(samples)}")  # noqa: T201
-        doctor_route = statistics.median(dict(rows)["doctor: HTTP route (warm)"])
-        print(  # noqa: T201
-            f"{'slowest raw probe (median)':45s} {slowest * 1000:9.1f}\n"
-            f"{'HTTP doctor / slowest raw probe':45s} {doctor_route / slowest:9.1f}x"
-        )
-    await cleanup_of_100(restate, service, api, key)
-    status = Path(f"/proc/{api.process.pid}/status").read_text()
-    peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"\noperator API process peak memory: {peak.split(':', 1)[1].strip()}")  # noqa: T201
-
-
-async def cleanup_of_100(restate: Any, service: Any, api: Any, key: str) -> None:
-    async with httpx.AsyncClient(timeout=120) as http:
-        for n in range(100):
-            response = await http.post(
-                f"{restate.admin_url}/deployments",
-                json={"uri": f"{service.url}/stale{n}/", "force": True},
-            )
-            response.raise_for_status()
-        listed = (await http.get(f"{restate.admin_url}/deployments")).json()["deployments"]
-        started = time.perf_counter()
-        response = await http.post(
-            f"{api.url}{PREFIX}/cleanup-stale-deployments",
-            json={"serviceUrl": service.url + "/", "forceDrain": True},
-            headers={"X-Api-Key": key},
-        )
-        elapsed = time.perf_counter() - started
-        left = (await http.get(f"{restate.admin_url}/deployments")).json()["deployments"]
-    print(  # noqa: T201
-        f"\ncleanup of {len(listed) - 1} stale deployments (HTTP, forceDrain): "
-        f"{elapsed * 1000:.0f} ms, answer {response.status_code}, {len(left)} left"
-    )
+        await bench.size(size, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -233,13 +233,13 @@ class SampleService:
         _terminate(self.process)
 
 
-def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+def _terminate(process: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
     if process is None or process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
     try:
         # hypercorn can hang on open HTTP/2 streams (a sleeping workflow): do not wait long.
-        process.wait(timeout=3)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -403,7 +403,8 @@ class OperatorApi:
         return key
 
     def stop(self) -> None:
-        _terminate(self.process)
+        # it waits for doctor answers still being recorded (api.DRAIN_RECORDS_SECONDS)
+        _terminate(self.process, grace=40.0)
 
 
 @dataclass
