@@ -410,6 +410,35 @@ def test_the_doctor_answers_when_prefect_is_down_and_the_row_says_no_run(
     assert "doctor answer no-prefect was not recorded in Prefect" in server.log_path.read_text()
 
 
+def test_the_doctor_without_an_admin_url_is_503_and_a_failed_run(
+    prefect_server: PrefectServer,
+) -> None:
+    home = SESSION_DIR / "api-no-admin-url"
+    home.mkdir(exist_ok=True)
+    server = OperatorApi(
+        env=api_env(None, f"sqlite:///{home / 'audit.db'}"), log_path=home / "api.log"
+    ).start()
+    try:
+        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+        response = post(server, "doctor", {}, key, **{"X-Request-Id": "no-admin-url"})
+        assert response.status_code == 503
+        assert response.json() == {
+            "code": "RESTATE_ADMIN_UNREACHABLE",
+            "message": "RESTATE_ADMIN_URL is not set",
+            "requestId": "no-admin-url",
+        }
+        row = finished_row_for(server, "no-admin-url")
+        assert row["outcome"] == "failure"
+        assert row["error"] == {
+            "code": "RESTATE_ADMIN_UNREACHABLE",
+            "message": "RESTATE_ADMIN_URL is not set",
+        }
+        run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10)
+        assert run.json()["state_type"] == "FAILED"
+    finally:
+        server.stop()
+
+
 def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(
     prefect_server: PrefectServer, restate: RestateStack
 ) -> None:

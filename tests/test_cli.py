@@ -80,8 +80,10 @@ def test_doctor_without_admin_url_exits_non_zero_with_the_error_body(
 def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     tmp_path: Path, restate: RestateStack
 ) -> None:
-    """The embedded default: no PREFECT_API_URL, a brand-new PREFECT_HOME (first migration)."""
-    env = cli_env(restate, PREFECT_HOME=str(tmp_path / "fresh-prefect-home"))
+    """The embedded default: no PREFECT_API_URL, a brand-new PREFECT_HOME, which starts from a
+    copy of the pre-migrated database."""
+    home = tmp_path / "fresh-prefect-home"
+    env = cli_env(restate, PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)
 
     result = run_cli("doctor", "--json", env=env)
@@ -89,6 +91,29 @@ def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["admin"]["status"] == "ok"
     assert "note: PREFECT_API_URL is not set" in result.stderr
+    assert "starts from the pre-migrated database" in result.stderr
+    assert (home / "prefect.db").stat().st_size > 0
+
+
+def test_doctor_works_with_no_prefect_server_and_a_new_database_to_migrate(
+    tmp_path: Path, restate: RestateStack
+) -> None:
+    """A database of the operator's own choosing is never seeded: Prefect migrates it (about
+    20 s), within the start-up timeout we raise."""
+    database = tmp_path / "own.db"
+    env = cli_env(
+        restate,
+        PREFECT_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
+    )
+    env.pop("PREFECT_API_URL", None)
+
+    result = run_cli("doctor", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["admin"]["status"] == "ok"
+    assert "starts from the pre-migrated database" not in result.stderr
+    assert not (tmp_path / "home" / "prefect.db").exists() and database.stat().st_size > 0
 
 
 def test_recover_cli_json_acknowledges_and_refuses_with_the_error_body(

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import httpx
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -365,12 +365,14 @@ def create_app() -> FastAPI:
     async def doctor(
         request: Request, actor: OperatorDep, body: DoctorRequest | None = None
     ) -> Any:
-        return await doctor_records.answer(
+        readout = await doctor_records.answer(
             actor=actor,
             reason=reason_of(request),
             request_id=request_id_of(request),
             started_at=request.state.started_at,
         )
+        # Already a validated DoctorReadout: serialize it once, skip FastAPI's re-validation.
+        return Response(readout.model_dump_json(by_alias=True), media_type="application/json")
 
     @app.post(
         f"{PREFIX}/force-redeploy",

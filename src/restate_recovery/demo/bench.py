@@ -52,6 +52,24 @@ async def timed(repeats: int, call: Call) -> list[float]:
     return samples
 
 
+PAUSE_SECONDS = 0.3
+
+
+async def in_turns(calls: dict[str, Call], repeats: int) -> dict[str, list[float]]:
+    """Each call once per round, ``repeats`` rounds after a warm-up round, each call after the
+    same pause. A call that returns a float reports its own duration (seconds)."""
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for round_ in range(repeats + 1):
+        for label, call in calls.items():
+            await asyncio.sleep(PAUSE_SECONDS)
+            started = time.perf_counter()
+            result = await call()
+            elapsed = result if isinstance(result, float) else time.perf_counter() - started
+            if round_:
+                samples[label].append(elapsed)
+    return samples
+
+
 async def seed(ingress_url: str, count: int, start: int = 0) -> None:
     gate = asyncio.Semaphore(64)
     async with httpx.AsyncClient(base_url=ingress_url, timeout=120) as http:
@@ -139,20 +157,16 @@ class Bench:
             row = session.exec(statement).first()
             return row is not None and row.finished_at is not None
 
-    async def route_doctor(self, http: httpx.AsyncClient) -> tuple[list[float], list[float]]:
-        """(until answered, until recorded as a flow run), one call at a time on a quiet API."""
-        answered, recorded = [], []
-        for n in range(self.repeats + 1):
-            request_id = f"bench-{uuid.uuid4().hex[:12]}"
-            started = time.perf_counter()
-            await self.post(http, "doctor", {}, **{"X-Request-Id": request_id})
-            answer = time.perf_counter() - started
-            while not await asyncio.to_thread(self.audit_finished, request_id):
-                await asyncio.sleep(0.005)
-            if n:  # the first call warms the route up
-                answered.append(answer)
-                recorded.append(time.perf_counter() - started)
-        return answered, recorded
+    async def route_doctor_once(self, http: httpx.AsyncClient) -> tuple[float, float]:
+        """(until answered, until its flow run is recorded): waits for the record, so the next
+        measurement starts on a quiet API."""
+        request_id = f"bench-{uuid.uuid4().hex[:12]}"
+        started = time.perf_counter()
+        await self.post(http, "doctor", {}, **{"X-Request-Id": request_id})
+        answered = time.perf_counter() - started
+        while not await asyncio.to_thread(self.audit_finished, request_id):
+            await asyncio.sleep(0.005)
+        return answered, time.perf_counter() - started
 
     async def cli_doctor(self) -> None:
         await asyncio.to_thread(
@@ -201,29 +215,41 @@ class Bench:
         rows: list[tuple[str, list[float]]] = []
         fresh = httpx.AsyncClient(timeout=60, headers={"connection": "close"})
         async with fresh, httpx.AsyncClient(timeout=120) as http:
-            probes = raw_probes(fresh, restate.admin_url, restate.ingress_url)
-            components = []
-            for label, call in probes.items():
-                rows.append((f"raw {label}", await timed(repeats, call)))
-                if not label.startswith(" "):
-                    components.append(statistics.median(rows[-1][1]))
-            floor = max(components)
-            counts = raw_probes(http, restate.admin_url, restate.ingress_url)[COUNTS_ALONE]
-            rows.append(
-                ("raw counts query, reused keep-alive connection", await timed(repeats, counts))
+            # The floor, the library call and the route in turns, each after the same pause, so
+            # that all three meet the same conditions (Restate and the CPU cool down in a pause).
+            recorded: list[float] = []
+
+            async def route() -> float:
+                answered, until_recorded = await self.route_doctor_once(http)
+                recorded.append(until_recorded)
+                return answered
+
+            turns: dict[str, Call] = {
+                **{
+                    f"raw {k}": v
+                    for k, v in raw_probes(fresh, restate.admin_url, restate.ingress_url).items()
+                },
+                "raw counts query, reused keep-alive connection": raw_probes(
+                    http, restate.admin_url, restate.ingress_url
+                )[COUNTS_ALONE],
+                "doctor: library call": lambda: run_doctor(endpoints),
+                "doctor: HTTP route, answered (warm)": route,
+            }
+            samples = await in_turns(turns, repeats)
+            rows.extend(samples.items())
+            rows.append(("doctor: HTTP route, run recorded", recorded[1:]))  # 1st: warm-up
+            floor = max(
+                statistics.median(v)
+                for k, v in samples.items()
+                if k.startswith("raw ") and not k.startswith("raw  ") and "keep-alive" not in k
             )
-            rows.append(
-                ("doctor: library call", await timed(repeats, lambda: run_doctor(endpoints)))
-            )
+            answered = samples["doctor: HTTP route, answered (warm)"]
             rows.append(
                 ("doctor: Prefect flow run", await timed(repeats, lambda: run_flow("doctor")))
             )
             rows.append(
                 ("doctor: CLI (running Prefect server)", await timed(repeats, self.cli_doctor))
             )
-            answered, recorded = await self.route_doctor(http)
-            rows.append(("doctor: HTTP route, answered (warm)", answered))
-            rows.append(("doctor: HTTP route, run recorded", recorded))
             rows.append(
                 ("same readout with the restate CLI", await timed(3, self.restate_cli_readout))
             )
@@ -233,12 +259,12 @@ class Bench:
             redeploy = await timed(repeats, lambda: self.post(http, "force-redeploy", body))
             rows.append(("force-redeploy end to end (HTTP)", redeploy))
         print(f"\n== {size} invocations (seeded in {seeded_in:.0f} s); ms: median, min")  # noqa: T201
-        for label, samples in rows:
-            print(f"{label:48s} {ms(samples)}")  # noqa: T201
-        route = statistics.median(answered)
+        for label, row in rows:
+            print(f"{label:48s} {ms(row)}")  # noqa: T201
+        answered_median = statistics.median(answered)
         print(  # noqa: T201
             f"{'slowest raw probe (median)':48s} {floor * 1000:9.1f}\n"
-            f"{'HTTP doctor answered / slowest raw probe':48s} {route / floor:9.2f}x"
+            f"{'HTTP doctor answered / slowest raw probe':48s} {answered_median / floor:9.2f}x"
         )
 
     async def deployments_and_cleanup(self) -> None:
@@ -258,7 +284,7 @@ class Bench:
                 response.raise_for_status()
             listed = (await http.get(f"{restate.admin_url}/deployments")).json()["deployments"]
             after = await timed(self.repeats, lambda: run_doctor(endpoints))
-            answered, _ = await self.route_doctor(http)
+            answered = [(await self.route_doctor_once(http))[0] for _ in range(self.repeats)]
             started = time.perf_counter()
             response = await http.post(
                 f"{self.stack.api.url}{PREFIX}/cleanup-stale-deployments",
