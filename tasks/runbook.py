@@ -17,6 +17,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import deployment, flow_run
 
 from restate_recovery.doctor import Endpoints, guard_admin, run_doctor
@@ -43,14 +44,24 @@ async def verify_doctor(endpoints: Endpoints) -> DoctorReadout:
     return await run_doctor(endpoints)
 
 
+async def ensure_lock(name: str) -> None:
+    """Create the limit behind a lock if it is missing. Prefect's upsert reads, then creates: two
+    runs doing it at once make the second one's create fail with 409 (found by the load run),
+    which means the limit exists now."""
+    async with get_client() as client:
+        try:
+            await client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
+        except ObjectAlreadyExists:
+            pass
+
+
 @asynccontextmanager
 async def target_lock(target: str) -> AsyncIterator[None]:
     """One write per target, across processes sharing the Prefect server (a global concurrency
     limit of 1 named after the target; created on first use)."""
     name = f"{LOCK_PREFIX}:{target}"
     timeout = get_settings().recovery_lock_timeout_seconds
-    async with get_client() as client:
-        await client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
+    await ensure_lock(name)
     try:
         async with concurrency(name, occupy=1, timeout_seconds=timeout, strict=True):
             yield

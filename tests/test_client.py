@@ -20,7 +20,7 @@ def client_for(handler: Handler) -> RestateAdminClient:
     )
 
 
-async def test_query_sends_accept_application_json_exactly() -> None:
+async def test_query_sends_accept_application_json_exactly_on_a_fresh_connection() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -31,6 +31,7 @@ async def test_query_sends_accept_application_json_exactly() -> None:
         rows = await client.query("SELECT status FROM sys_invocation")
     assert rows == [{"status": "running"}]
     assert seen[0].headers["accept"] == "application/json"
+    assert seen[0].headers["connection"] == "close"  # no keep-alive stall (docs/performance.md)
     assert seen[0].headers["content-type"] == "application/json"
     assert json.loads(seen[0].content) == {"query": "SELECT status FROM sys_invocation"}
 

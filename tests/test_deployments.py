@@ -226,3 +226,19 @@ async def test_a_cleanup_racing_a_registration_never_interleaves(
     )
     assert await run_flow("cleanup-stale-deployments", service_url=keep) == {"acknowledged": True}
     assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: keep}
+
+
+async def test_runs_creating_the_same_new_lock_at_once_all_get_it(
+    prefect_server: PrefectServer,
+) -> None:
+    """Found by the load run: concurrent first writes to one target raced creating its lock."""
+    import asyncio
+    import uuid
+
+    from tasks.runbook import ensure_lock
+
+    for _ in range(5):
+        name = f"restate-recovery:race-{uuid.uuid4().hex[:8]}"
+        await asyncio.gather(*(ensure_lock(name) for _ in range(12)))
+        async with get_client() as client:
+            assert (await client.read_global_concurrency_limit_by_name(name)).limit == 1

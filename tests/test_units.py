@@ -242,3 +242,28 @@ def test_alert_events_are_deterministic_per_alert() -> None:
     assert first[0]["id"] != first[1]["id"]
     assert [e["event"] for e in first] == ["restate.alert.firing", "restate.alert.resolved"]
     assert first[0]["resource"]["prefect.resource.id"] == "alertmanager.alert.f1"
+
+
+async def test_an_unexpected_error_is_answered_by_the_app_not_left_to_the_server() -> None:
+    """Starlette's own error middleware answers and then re-raises; uvicorn then closes the
+    connection under the client's next request (seen in the load run as a ReadError)."""
+    import httpx
+
+    from restate_recovery.api import create_app
+
+    app = create_app()
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/boom", boom, methods=["POST"])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        response = await http.post("/boom", headers={"X-Request-Id": "boom-1"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "code": "INTERNAL_ERROR",
+        "message": "unexpected RuntimeError",
+        "requestId": "boom-1",
+    }
+    assert response.headers["x-request-id"] == "boom-1"

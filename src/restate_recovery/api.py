@@ -114,8 +114,12 @@ class RequestContext:
         scope["state"]["request_id"] = request_id
         scope["state"]["started_at"] = store.utcnow()
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"].append((b"x-request-id", request_id.encode()))
             await send(message)
@@ -151,7 +155,25 @@ class RequestContext:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send_with_id)
+        try:
+            await self.app(scope, replay, send_with_id)
+        except Exception as exc:
+            if started:
+                raise
+            # Answered here, not by Starlette's ServerErrorMiddleware: that one re-raises after
+            # answering, and uvicorn then closes the connection, under a client's next request.
+            response = unexpected_response(request_id, str(scope.get("path", "")), exc)
+            await response(scope, replay, send_with_id)
+
+
+def unexpected_response(request_id: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer to an exception no handler knows: 400 for a body nested too deeply, else a 500
+    envelope (never a stack trace; the traceback goes to the log)."""
+    if isinstance(exc, RecursionError):
+        body = {"code": "INVALID_REQUEST", "message": "Body is nested too deeply"}
+        return JSONResponse({**body, "requestId": request_id}, status_code=400)
+    logger.error("unexpected error in %s", path, exc_info=exc)
+    return JSONResponse({**internal_error_body(exc), "requestId": request_id}, status_code=500)
 
 
 async def too_large(request_id: str, send: Callable[[Message], Awaitable[None]]) -> None:
@@ -296,12 +318,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, RecursionError):
-            return envelope(
-                request, 400, {"code": "INVALID_REQUEST", "message": "Body is nested too deeply"}
-            )
-        logger.exception("unexpected error in %s", request.url.path)
-        return envelope(request, 500, internal_error_body(exc))
+        return unexpected_response(request_id_of(request), request.url.path, exc)
 
     # Every call is a Prefect flow run in this process: past a few at once they only slow each
     # other (and Prefect's server) down, so the rest queue here.

@@ -63,6 +63,6 @@ def configure(*, announce: bool = True) -> bool:
             + ("; this PREFECT_HOME starts from the pre-migrated database" if seeded else "")
             + "; a new PREFECT_HOME with no pre-migrated copy also migrates, about 20 s more). "
             "Point PREFECT_API_URL at a running Prefect server to record the run there in "
-            "about 1.5 s.\n"
+            "about 1.6 s.\n"
         )
     return False

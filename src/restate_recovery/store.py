@@ -253,7 +253,7 @@ HEAD_REVISION = "0001"
 
 def at_head(url: str) -> bool:
     """Whether the schema is already the newest, read without loading Alembic (which costs
-    about 0.1-0.2 s of every CLI call otherwise)."""
+    about 0.1 s of every CLI call otherwise)."""
     try:
         with engine_for(url).connect() as connection:
             versions = connection.execute(sa.text("SELECT version_num FROM alembic_version"))

@@ -102,6 +102,7 @@ def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
             api = stack.api
             key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
             result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
+            api.stop()  # it first records the doctor answers still pending (then rows are final)
             with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
                 rows = store.list_attempts(session=session, limit=1_000_000)
             return {
