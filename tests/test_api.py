@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +438,33 @@ def test_the_doctor_without_an_admin_url_is_503_and_a_failed_run(
         assert run.json()["state_type"] == "FAILED"
     finally:
         server.stop()
+
+
+def test_the_api_with_prefects_embedded_server_takes_concurrent_first_calls(
+    restate: RestateStack, tmp_path: Path
+) -> None:
+    """No PREFECT_API_URL: the API starts Prefect's temporary server before it serves, so the
+    first flow runs, in several threads at once, all find it up. (Prefect's lazy start has no
+    lock, by reading its source; five calls here did not hit that race without the early start,
+    so this test shows the embedded path works, not that the race is gone.)"""
+    home = SESSION_DIR / "api-embedded"
+    home.mkdir(exist_ok=True)
+    env = api_env(restate, f"sqlite:///{home / 'audit.db'}", PREFECT_HOME=str(tmp_path / "ph"))
+    env.pop("PREFECT_API_URL", None)
+    server = OperatorApi(env=env, log_path=home / "api.log").start(timeout_s=120)
+    try:
+        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+        calls: list[tuple[str, dict[str, str]]] = [("doctor", {})] * 3 + [
+            ("cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/none/"})
+        ] * 2
+        with ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(lambda c: post(server, c[0], c[1], key), calls))
+        assert [a.status_code for a in answers] == [200, 200, 200, 404, 404]
+    finally:
+        server.stop()
+    rows = audit_rows(server)
+    assert len(rows) == 5
+    assert all(r["finishedAt"] and r["flowRunId"] for r in rows), rows
 
 
 def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(

@@ -125,3 +125,43 @@ def test_redaction_keeps_everything_but_user_information() -> None:
         "token": None,
         "apiKey": "REDACTED",
     }
+
+
+async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from restate_recovery import operations
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    monkeypatch.setenv("RECOVERY_DATABASE_URL", url)
+    monkeypatch.setenv("RESTATE_ADMIN_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    probing = asyncio.Event()
+
+    async def never_answers(*_: object, **__: object) -> None:
+        probing.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(operations, "run_doctor", never_answers)
+    with ThreadPoolExecutor(1) as pool:
+        recorder = operations.DoctorRecorder(asyncio.Semaphore(1), max_pending=1, executor=pool)
+        call = asyncio.create_task(
+            recorder.answer(actor=operations.Actor("u", "ops"), reason=None, request_id="gone")
+        )
+        await probing.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await recorder.drain(timeout=10)
+    get_settings.cache_clear()
+    with Session(store.engine_for(url)) as session:
+        (row,) = store.list_attempts(session=session)
+    assert row.request_id == "gone" and row.finished_at is not None
+    assert row.outcome == "failure" and row.error == {
+        "code": "INTERNAL_ERROR",
+        "message": "unexpected CancelledError",
+    }

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from restate_recovery import store
+from restate_recovery import prefect_env, store
 from restate_recovery.alerts import AlertmanagerWebhook, alert_events, send_events
 from restate_recovery.credentials import forget, seal
 from restate_recovery.errors import AdminUnreachableError, InvalidRequestError, OperatorError
@@ -256,6 +256,7 @@ def create_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(database_url)  # migrate the audit database before serving
+        await asyncio.to_thread(prefect_env.start_embedded_server)  # no-op with PREFECT_API_URL
         yield
         await doctor_records.drain(timeout=DRAIN_RECORDS_SECONDS)
         flow_threads.shutdown(wait=False)

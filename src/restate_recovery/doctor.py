@@ -363,9 +363,11 @@ class AnsweredReadout:
     error: OperatorError | None
     request_id: str | None
 
-    def unwrap(self) -> DoctorReadout:
+    def unwrap(self, *, fresh_error: bool = False) -> DoctorReadout:
+        """The readout, or raise its error (a new copy with ``fresh_error``: the flow runs in
+        another thread than the request that raised the original)."""
         if self.error is not None:
-            raise self.error
+            raise type(self.error)(*self.error.args) if fresh_error else self.error
         assert self.readout is not None
         return self.readout
 
@@ -383,7 +385,7 @@ async def take_readout(
     """An answered readout when there is one in this context, otherwise a fresh one."""
     answered = ANSWERED_READOUT.get()
     if answered is not None:
-        return answered.unwrap()
+        return answered.unwrap(fresh_error=True)
     return await run_doctor(endpoints_of(), probes=probes)
 
 

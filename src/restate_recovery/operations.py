@@ -202,7 +202,7 @@ class DoctorRecorder:
         self._runs = runs
         self._executor = executor
         self._pending = asyncio.Semaphore(max_pending)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     async def answer(
         self,
@@ -232,17 +232,29 @@ class DoctorRecorder:
         attempt = _attempt(actor, "doctor", {}, reason, request_id)
         row = asyncio.ensure_future(asyncio.to_thread(record_start, attempt, started_at))
         try:
-            readout = await run_doctor(resolve_endpoints(get_settings()))
-            answered = AnsweredReadout(readout=readout, error=None, request_id=request_id)
-        except OperatorError as exc:  # the admin URL is unset or invalid
-            answered = AnsweredReadout(readout=None, error=exc, request_id=request_id)
-        except BaseException as exc:
-            attempt_id = await row
-            await asyncio.to_thread(
-                record_finish, attempt_id, "failure", internal_error_body(exc), None
-            )
+            try:
+                readout = await run_doctor(resolve_endpoints(get_settings()))
+                answered = AnsweredReadout(readout=readout, error=None, request_id=request_id)
+            except OperatorError as exc:  # the admin URL is unset or invalid
+                answered = AnsweredReadout(readout=None, error=exc, request_id=request_id)
+            return await asyncio.shield(row), answered
+        except BaseException as exc:  # crashed or cancelled: finish the row once it is written
+            self._finish_when_written(row, internal_error_body(exc))
             raise
-        return await row, answered
+
+    def _finish_when_written(self, row: asyncio.Future[int], error: dict[str, Any]) -> None:
+        def finish(written: asyncio.Future[int]) -> None:
+            if written.cancelled() or written.exception() is not None:
+                return  # no row was written: nothing to finish
+            task = asyncio.ensure_future(
+                asyncio.to_thread(record_finish, written.result(), "failure", error, None)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._tasks.add(row)  # drain waits for the row too
+        row.add_done_callback(self._tasks.discard)
+        row.add_done_callback(finish)
 
     async def _record(self, attempt_id: int, answered: AnsweredReadout) -> None:
         flow_run_id: str | None = None
@@ -254,6 +266,12 @@ class DoctorRecorder:
                 finally:
                     ANSWERED_READOUT.reset(token)
             flow_run_id = str(state.state_details.flow_run_id)
+        except asyncio.CancelledError:
+            logger.warning(
+                "doctor answer %s was not recorded in Prefect: the API stopped first",
+                answered.request_id,
+            )
+            raise
         except Exception:
             logger.exception("doctor answer %s was not recorded in Prefect", answered.request_id)
         finally:
@@ -266,5 +284,11 @@ class DoctorRecorder:
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for the answers still being recorded."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:  # a finished row can start its finishing write: look again
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning("%d doctor records were still pending at shutdown", len(self._tasks))
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)

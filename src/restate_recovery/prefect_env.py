@@ -41,7 +41,12 @@ def seed_embedded_database() -> bool:
     home.mkdir(parents=True, exist_ok=True)
     partial = home / f"prefect.db.{os.getpid()}.partial"
     shutil.copyfile(template, partial)
-    partial.replace(target)
+    try:  # never over a database another process has just seeded and opened
+        os.link(partial, target)
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
     return True
 
 
@@ -66,3 +71,15 @@ def configure(*, announce: bool = True) -> bool:
             "about 1.6 s.\n"
         )
     return False
+
+
+def start_embedded_server() -> None:
+    """For a long-lived process with no ``PREFECT_API_URL`` (the operator API): start Prefect's
+    temporary server now, once. Started lazily instead, the first flow runs in several threads at
+    once would race it: only one waits for it to come up, the others meet a server that is not
+    listening yet and fail."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        SubprocessASGIServer().start()
