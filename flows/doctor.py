@@ -23,7 +23,7 @@ from restate_recovery.doctor import (
     ProbeSet,
     readout_markdown,
     resolve_endpoints,
-    take_readout,
+    run_doctor,
     unhealthy_components,
 )
 from restate_recovery.findings import doctor_findings
@@ -46,11 +46,13 @@ async def doctor() -> DoctorReadout:
     """Read-only readout of Restate: ingress, admin, deployments, services, invocations."""
     logger = get_run_logger()
     answered = ANSWERED_READOUT.get()
-    if answered is not None:
+    if answered is None:
+        readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
+    else:
         logger.info(
             "recording the readout answered by the operator API (request %s)", answered.request_id
         )
-    readout = await take_readout(lambda: resolve_endpoints(get_settings()), PROBE_TASKS)
+        readout = answered.unwrap(fresh_error=True)
     await acreate_markdown_artifact(
         markdown=readout_markdown(readout),
         key="restate-doctor",

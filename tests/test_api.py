@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,24 @@ def api(prefect_server: PrefectServer, restate: RestateStack) -> Iterator[Operat
     ).start()
     yield server
     server.stop()
+
+
+@contextmanager
+def side_api(
+    name: str, restate: RestateStack | None, *, without: tuple[str, ...] = (), **extra: str
+) -> Iterator[tuple[OperatorApi, str]]:
+    """An API of its own (own audit database and log under SESSION_DIR/name) and an operator key;
+    stopped (SIGTERM, drained) on the way out."""
+    home = SESSION_DIR / name
+    home.mkdir(exist_ok=True)
+    env = api_env(restate, f"sqlite:///{home / 'audit.db'}", **extra)
+    for variable in without:
+        env.pop(variable, None)
+    server = OperatorApi(env=env, log_path=home / "api.log").start(timeout_s=120)
+    try:
+        yield server, server.create_key(actor="u", role="ops", permissions=["system:operate"])
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -393,51 +412,28 @@ def test_the_doctor_answers_first_and_records_exactly_that_readout_as_a_flow_run
 def test_the_doctor_answers_when_prefect_is_down_and_the_row_says_no_run(
     restate: RestateStack,
 ) -> None:
-    home = SESSION_DIR / "api-no-prefect"
-    home.mkdir(exist_ok=True)
-    env = api_env(
-        restate, f"sqlite:///{home / 'audit.db'}", PREFECT_API_URL=closed_port_url() + "/api"
-    )
-    server = OperatorApi(env=env, log_path=home / "api.log").start()
-    try:
-        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+    down = closed_port_url() + "/api"
+    with side_api("api-no-prefect", restate, PREFECT_API_URL=down) as (server, key):
         response = post(server, "doctor", {}, key, **{"X-Request-Id": "no-prefect"})
         assert response.status_code == 200
         assert response.json()["admin"]["status"] == "ok"
         row = finished_row_for(server, "no-prefect")
         assert (row["outcome"], row["flowRunId"]) == ("success", None)
-    finally:
-        server.stop()
     assert "doctor answer no-prefect was not recorded in Prefect" in server.log_path.read_text()
 
 
 def test_the_doctor_without_an_admin_url_is_503_and_a_failed_run(
     prefect_server: PrefectServer,
 ) -> None:
-    home = SESSION_DIR / "api-no-admin-url"
-    home.mkdir(exist_ok=True)
-    server = OperatorApi(
-        env=api_env(None, f"sqlite:///{home / 'audit.db'}"), log_path=home / "api.log"
-    ).start()
-    try:
-        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
+    error = {"code": "RESTATE_ADMIN_UNREACHABLE", "message": "RESTATE_ADMIN_URL is not set"}
+    with side_api("api-no-admin-url", None) as (server, key):
         response = post(server, "doctor", {}, key, **{"X-Request-Id": "no-admin-url"})
         assert response.status_code == 503
-        assert response.json() == {
-            "code": "RESTATE_ADMIN_UNREACHABLE",
-            "message": "RESTATE_ADMIN_URL is not set",
-            "requestId": "no-admin-url",
-        }
+        assert response.json() == {**error, "requestId": "no-admin-url"}
         row = finished_row_for(server, "no-admin-url")
-        assert row["outcome"] == "failure"
-        assert row["error"] == {
-            "code": "RESTATE_ADMIN_UNREACHABLE",
-            "message": "RESTATE_ADMIN_URL is not set",
-        }
+        assert (row["outcome"], row["error"]) == ("failure", error)
         run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10)
         assert run.json()["state_type"] == "FAILED"
-    finally:
-        server.stop()
 
 
 def test_the_api_with_prefects_embedded_server_takes_concurrent_first_calls(
@@ -447,21 +443,15 @@ def test_the_api_with_prefects_embedded_server_takes_concurrent_first_calls(
     first flow runs, in several threads at once, all find it up. (Prefect's lazy start has no
     lock, by reading its source; five calls here did not hit that race without the early start,
     so this test shows the embedded path works, not that the race is gone.)"""
-    home = SESSION_DIR / "api-embedded"
-    home.mkdir(exist_ok=True)
-    env = api_env(restate, f"sqlite:///{home / 'audit.db'}", PREFECT_HOME=str(tmp_path / "ph"))
-    env.pop("PREFECT_API_URL", None)
-    server = OperatorApi(env=env, log_path=home / "api.log").start(timeout_s=120)
-    try:
-        key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
-        calls: list[tuple[str, dict[str, str]]] = [("doctor", {})] * 3 + [
-            ("cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/none/"})
-        ] * 2
+    calls: list[tuple[str, dict[str, str]]] = [("doctor", {})] * 3 + [
+        ("cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/none/"})
+    ] * 2
+    with side_api(
+        "api-embedded", restate, without=("PREFECT_API_URL",), PREFECT_HOME=str(tmp_path / "ph")
+    ) as (server, key):
         with ThreadPoolExecutor(len(calls)) as pool:
             answers = list(pool.map(lambda c: post(server, c[0], c[1], key), calls))
         assert [a.status_code for a in answers] == [200, 200, 200, 404, 404]
-    finally:
-        server.stop()
     rows = audit_rows(server)
     assert len(rows) == 5
     assert all(r["finishedAt"] and r["flowRunId"] for r in rows), rows
@@ -470,17 +460,10 @@ def test_the_api_with_prefects_embedded_server_takes_concurrent_first_calls(
 def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(
     prefect_server: PrefectServer, restate: RestateStack
 ) -> None:
-    home = SESSION_DIR / "api-drain"
-    home.mkdir(exist_ok=True)
-    server = OperatorApi(
-        env=api_env(restate, f"sqlite:///{home / 'audit.db'}"), log_path=home / "api.log"
-    ).start()
-    key = server.create_key(actor="u", role="ops", permissions=["system:operate"])
-    try:
+    with side_api("api-drain", restate) as (server, key):
         response = post(server, "doctor", {}, key, **{"X-Request-Id": "drained"})
         assert response.status_code == 200
-    finally:
-        server.stop()  # SIGTERM right after the answer, while its run is being recorded
+        # leaving the block stops the API (SIGTERM) while the answer's run is being recorded
     row = row_for(server, "drained")
     assert row["finishedAt"] is not None and uuid.UUID(row["flowRunId"])
 

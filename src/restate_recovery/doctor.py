@@ -379,16 +379,6 @@ ANSWERED_READOUT: ContextVar[AnsweredReadout | None] = ContextVar(
 )
 
 
-async def take_readout(
-    endpoints_of: Callable[[], Endpoints], probes: ProbeSet = ProbeSet()
-) -> DoctorReadout:
-    """An answered readout when there is one in this context, otherwise a fresh one."""
-    answered = ANSWERED_READOUT.get()
-    if answered is not None:
-        return answered.unwrap(fresh_error=True)
-    return await run_doctor(endpoints_of(), probes=probes)
-
-
 def guard_admin(readout: DoctorReadout) -> None:
     """The write runbooks' shared guard: they need the admin API the doctor just reached."""
     if readout.admin.status != "ok":
