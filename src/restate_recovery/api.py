@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -324,6 +325,10 @@ def create_app() -> FastAPI:
     # Every call is a Prefect flow run in this process: past a few at once they only slow each
     # other (and Prefect's server) down, so the rest queue here.
     max_runs = get_settings().recovery_api_max_concurrent_runs
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's temporary server: concurrent flow runs in threads against it were seen to
+        # hang one record for good (about 1 in 7 tries); one at a time did not, in 25 tries.
+        max_runs = 1
     runs = asyncio.Semaphore(max_runs)
     flow_threads = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="flow-run")
     doctor_records = DoctorRecorder(
