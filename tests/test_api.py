@@ -9,7 +9,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,13 @@ def api(prefect_server: PrefectServer, restate: RestateStack) -> Iterator[Operat
 
 @contextmanager
 def side_api(
-    name: str, restate: RestateStack | None, *, without: tuple[str, ...] = (), **extra: str
+    name: str, restate: RestateStack | None, **extra: str
 ) -> Iterator[tuple[OperatorApi, str]]:
     """An API of its own (own audit database and log under SESSION_DIR/name) and an operator key;
     stopped (SIGTERM, drained) on the way out."""
     home = SESSION_DIR / name
     home.mkdir(exist_ok=True)
     env = api_env(restate, f"sqlite:///{home / 'audit.db'}", **extra)
-    for variable in without:
-        env.pop(variable, None)
     server = OperatorApi(env=env, log_path=home / "api.log").start(timeout_s=120)
     try:
         yield server, server.create_key(actor="u", role="ops", permissions=["system:operate"])
@@ -436,24 +433,14 @@ def test_the_doctor_without_an_admin_url_is_503_and_a_failed_run(
         assert run.json()["state_type"] == "FAILED"
 
 
-def test_the_api_with_prefects_embedded_server_takes_concurrent_first_calls(
-    restate: RestateStack, tmp_path: Path
-) -> None:
-    """No PREFECT_API_URL: the API starts Prefect's temporary server before it serves and runs
-    one flow at a time against it. Concurrent calls all answer and every one is recorded (with
-    concurrent flow runs this failed in CI: one doctor record hung for good)."""
-    calls: list[tuple[str, dict[str, str]]] = [("doctor", {})] * 3 + [
-        ("cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/none/"})
-    ] * 2
-    with side_api(
-        "api-embedded", restate, without=("PREFECT_API_URL",), PREFECT_HOME=str(tmp_path / "ph")
-    ) as (server, key):
-        with ThreadPoolExecutor(len(calls)) as pool:
-            answers = list(pool.map(lambda c: post(server, c[0], c[1], key), calls))
-        assert [a.status_code for a in answers] == [200, 200, 200, 404, 404]
-    rows = audit_rows(server)
-    assert len(rows) == 5
-    assert all(r["finishedAt"] and r["flowRunId"] for r in rows), rows
+def test_the_api_refuses_to_start_without_a_prefect_server(restate: RestateStack) -> None:
+    env = api_env(restate, "sqlite:///unused.db")
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run(
+        [CLI, "api", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "the operator API needs PREFECT_API_URL" in result.stderr
 
 
 def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(

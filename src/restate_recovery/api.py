@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +26,7 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from restate_recovery import prefect_env, store
+from restate_recovery import store
 from restate_recovery.alerts import AlertmanagerWebhook, alert_events, send_events
 from restate_recovery.credentials import forget, seal
 from restate_recovery.errors import AdminUnreachableError, InvalidRequestError, OperatorError
@@ -257,7 +256,6 @@ def create_app() -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(database_url)  # migrate the audit database before serving
-        await asyncio.to_thread(prefect_env.start_embedded_server)  # no-op with PREFECT_API_URL
         yield
         await doctor_records.drain(timeout=DRAIN_RECORDS_SECONDS)
         flow_threads.shutdown(wait=False)
@@ -325,10 +323,6 @@ def create_app() -> FastAPI:
     # Every call is a Prefect flow run in this process: past a few at once they only slow each
     # other (and Prefect's server) down, so the rest queue here.
     max_runs = get_settings().recovery_api_max_concurrent_runs
-    if not os.environ.get("PREFECT_API_URL"):
-        # Prefect's temporary server: concurrent flow runs in threads against it were seen to
-        # hang one record for good (about 1 in 7 tries); one at a time did not, in 25 tries.
-        max_runs = 1
     runs = asyncio.Semaphore(max_runs)
     flow_threads = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="flow-run")
     doctor_records = DoctorRecorder(

@@ -453,8 +453,12 @@ def api(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
 ) -> None:
-    """Serve the operator HTTP API (FastAPI + uvicorn)."""
-    prefect_env.configure()
+    """Serve the operator HTTP API (FastAPI + uvicorn); needs PREFECT_API_URL."""
+    if not prefect_env.configure(announce=False):
+        # Prefect's temporary server is for one-shot commands: a long-lived API running flows
+        # against it concurrently had doctor records hang for good (seen in CI).
+        typer.echo("the operator API needs PREFECT_API_URL (a running Prefect server)", err=True)
+        raise typer.Exit(2)
     import uvicorn
 
     from restate_recovery.api import create_app

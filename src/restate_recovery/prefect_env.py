@@ -71,15 +71,3 @@ def configure(*, announce: bool = True) -> bool:
             "about 1.6 s.\n"
         )
     return False
-
-
-def start_embedded_server() -> None:
-    """For a long-lived process with no ``PREFECT_API_URL`` (the operator API): start Prefect's
-    temporary server now, once. Started lazily instead, the first flow runs in several threads at
-    once would race it: only one waits for it to come up, the others meet a server that is not
-    listening yet and fail."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        SubprocessASGIServer().start()
