@@ -6,6 +6,8 @@ Reads only. No retries here: a probe's failure is the finding, not something to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -43,8 +45,10 @@ async def probe_services(client: RestateAdminClient, timeout: float) -> Services
 
 
 @task(name="probe-invocations", cache_policy=NO_CACHE)
-async def probe_invocations(client: RestateAdminClient, timeout: float) -> InvocationsReadout:
-    return await probes.probe_invocations(client, timeout)
+async def probe_invocations(
+    client: RestateAdminClient, timeout: float, on_sent: Callable[[], None] | None = None
+) -> InvocationsReadout:
+    return await probes.probe_invocations(client, timeout, on_sent)
 
 
 @task(name="doctor", cache_policy=NO_CACHE)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
+import httpx
 import pytest
 
 from restate_recovery.demo.local_stack import submit_workflow, wait_for_status
-from restate_recovery.doctor import Endpoints, resolve_endpoints, run_doctor
+from restate_recovery.doctor import Endpoints, ProbeClients, resolve_endpoints, run_doctor
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.settings import Settings
 from tests.conftest import RestateStack
@@ -131,3 +133,88 @@ def test_unresolvable_admin_url_is_the_only_error(admin_url: str | None) -> None
         resolve_endpoints(settings)
     assert info.value.code == "RESTATE_ADMIN_UNREACHABLE"
     assert "RESTATE_ADMIN_URL" in info.value.message
+
+
+class Recording(httpx.AsyncHTTPTransport):
+    """A real transport that notes each request's path as it starts and ``sent <path>`` once it
+    is on the wire (and can hold /query back before anything is sent, until cancelled)."""
+
+    def __init__(self, log: list[str], *, hold_queries: bool = False) -> None:
+        super().__init__()
+        self.log, self.hold_queries = log, hold_queries
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.log.append(path)
+        if self.hold_queries and path == "/query":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.log.append("query cancelled")
+                raise
+        inner = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, object]) -> None:
+            if event == "http11.send_request_body.complete":
+                self.log.append(f"sent {path}")
+            if inner is not None:
+                await inner(event, info)
+
+        request.extensions["trace"] = trace
+        return await super().handle_async_request(request)
+
+
+async def test_invocation_queries_go_out_before_the_small_probes(restate: RestateStack) -> None:
+    log: list[str] = []
+    transport = Recording(log)
+    readout = await run_doctor(
+        endpoints(restate.admin_url, restate.ingress_url),
+        admin_transport=transport,
+        ingress_transport=transport,
+    )
+
+    assert {part.status for _, part in readout} == {"ok"}
+    small = ["/restate/health", "/health", "/deployments", "/services"]
+    assert log[:4] == ["/query", "/query", "sent /query", "sent /query"], log
+    assert set(small) <= set(log[4:])
+
+
+async def test_small_probes_do_not_wait_for_queries_that_cannot_be_sent(
+    restate: RestateStack,
+) -> None:
+    log: list[str] = []
+    readout = await run_doctor(
+        endpoints(restate.admin_url, restate.ingress_url, timeout=1.0),
+        admin_transport=Recording(log, hold_queries=True),
+        ingress_transport=Recording(log),
+    )
+
+    assert readout.invocations.status == "unreachable"
+    assert [p.status for _, p in readout][:4] == ["ok"] * 4
+    # the small probes ran while the queries were still held, not after their timeout
+    assert log.index("query cancelled") > max(log.index(p) for p in ("/health", "/services"))
+
+
+async def test_kept_clients_reconnect_after_restate_restarts(
+    fresh_restate: RestateStack,
+) -> None:
+    target = endpoints(fresh_restate.admin_url, fresh_restate.ingress_url)
+    clients = ProbeClients(target)
+    try:
+        before = await run_doctor(target, clients=clients)
+        fresh_restate.server.kill()
+        fresh_restate.server.start()
+        # a just-restarted server may refuse queries for a moment (degraded): wait until a
+        # doctor on new connections is all ok, then ask again on the kept ones
+        deadline = time.monotonic() + 30
+        while {p.status for _, p in await run_doctor(target)} != {"ok"}:
+            assert time.monotonic() < deadline, "restate-server did not come back"
+            await asyncio.sleep(0.2)
+        after = await run_doctor(target, clients=clients)
+    finally:
+        await clients.aclose()
+
+    for readout in (before, after):
+        assert {name: part.status for name, part in readout} == dict.fromkeys(
+            ("ingress", "admin", "deployments", "services", "invocations"), "ok"
+        )

@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import random
 import string
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from restate_recovery.redaction import redact_arguments
 from restate_recovery.urls import redact_url
+
+WEBSOCKETS_USING_RANDOM = (
+    "websockets.asyncio.connection",
+    "websockets.sync.connection",
+    "websockets.legacy.protocol",
+    "websockets.legacy.client",
+    "websockets.client",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _websockets_draw_from_their_own_random() -> Iterator[None]:
+    """Earlier tests in this process leave Prefect's events websocket open in a background
+    thread; its keep-alive ping draws from the global ``random``. Landing during a Hypothesis
+    draw, that reads as a strategy using ``random`` (a HypothesisDeprecationWarning, an error
+    here). Those modules, where loaded, get a private generator while these properties run."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in WEBSOCKETS_USING_RANDOM:
+            if name in sys.modules:
+                patch.setattr(sys.modules[name], "random", random.Random())
+        yield
+
 
 # userinfo may hold anything but "/", "?", "#" and spaces: unreserved, sub-delims, ":", "%XX",
 # and even a raw "@" (clients split at the last "@" before the path).

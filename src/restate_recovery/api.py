@@ -198,7 +198,7 @@ class AuthError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _lookup_key(presented: str) -> store.ApiKey | None:
+def _lookup_key(presented: str) -> store.KeyHolder | None:
     with Session(store.engine_for(database_url())) as session:
         return store.authenticate(session=session, presented=presented)
 
@@ -258,6 +258,7 @@ def create_app() -> FastAPI:
         await asyncio.to_thread(database_url)  # migrate the audit database before serving
         yield
         await doctor_records.drain(timeout=DRAIN_RECORDS_SECONDS)
+        await doctor_records.aclose()
         flow_threads.shutdown(wait=False)
 
     app = FastAPI(

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from functools import cache
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -149,6 +150,7 @@ class RestateAdminClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> httpx.Response:
         return await send(
             self._http,
@@ -158,6 +160,7 @@ class RestateAdminClient:
             params=params,
             headers=headers,
             timeout=timeout,
+            on_sent=on_sent,
         )
 
     @staticmethod
@@ -231,8 +234,15 @@ class RestateAdminClient:
 
     # --- SQL introspection --------------------------------------------------------------------
 
-    async def query(self, sql: str, *, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Run a read-only SQL query. NULL columns are absent from a row: read with ``.get()``."""
+    async def query(
+        self,
+        sql: str,
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run a read-only SQL query. NULL columns are absent from a row: read with ``.get()``.
+        ``on_sent`` is called once the whole request is on the wire."""
         response = await self._request(
             "POST",
             Routes.query,
@@ -242,6 +252,7 @@ class RestateAdminClient:
             # docs/performance.md): a fresh loopback connection costs well under 1 ms.
             headers={"accept": "application/json", "connection": "close"},
             timeout=timeout,
+            on_sent=on_sent,
         )
         return self._parse(QueryResult, response).rows
 
@@ -274,11 +285,15 @@ async def send(
     params: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float | None = None,
+    on_sent: Callable[[], None] | None = None,
 ) -> httpx.Response:
-    """Send one request; translate transport failures and error statuses into our tree."""
+    """Send one request; translate transport failures and error statuses into our tree.
+    ``on_sent`` is called once the request (headers and body) has been written."""
     extra: dict[str, Any] = {}
     if timeout is not None:
         extra["timeout"] = httpx.Timeout(timeout)
+    if on_sent is not None:
+        extra["extensions"] = {"trace": _call_when_sent(on_sent)}
     try:
         response = await http.request(
             method, path, json=json_body, params=params, headers=headers, **extra
@@ -290,6 +305,16 @@ async def send(
         logger.info("%s %s -> %s %s", method, path, response.status_code, message)
         raise RestateRejected(message, method, path, response.status_code, restate_code)
     return response
+
+
+def _call_when_sent(on_sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], Any]:
+    """An httpcore ``trace`` extension that calls ``on_sent`` when the request body is written."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_body.complete":
+            on_sent()
+
+    return trace
 
 
 async def ingress_health(http: httpx.AsyncClient, *, timeout: float | None = None) -> None:

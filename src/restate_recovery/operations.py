@@ -24,7 +24,14 @@ from typing import Any
 from sqlmodel import Session
 
 from restate_recovery import store
-from restate_recovery.doctor import ANSWERED_READOUT, AnsweredReadout, resolve_endpoints, run_doctor
+from restate_recovery.doctor import (
+    ANSWERED_READOUT,
+    AnsweredReadout,
+    Endpoints,
+    ProbeClients,
+    resolve_endpoints,
+    run_doctor,
+)
 from restate_recovery.errors import OperatorError
 from restate_recovery.models import DoctorReadout
 from restate_recovery.runbooks import load_flow
@@ -203,6 +210,16 @@ class DoctorRecorder:
         self._executor = executor
         self._pending = asyncio.Semaphore(max_pending)
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._clients: ProbeClients | None = None
+
+    async def _clients_for(self, endpoints: Endpoints) -> ProbeClients:
+        """Keep-alive clients for the probes, reused while the endpoints stay the same."""
+        if self._clients is not None and self._clients.endpoints != endpoints:
+            stale, self._clients = self._clients, None
+            await stale.aclose()
+        if self._clients is None:
+            self._clients = ProbeClients(endpoints)
+        return self._clients
 
     async def answer(
         self,
@@ -233,7 +250,9 @@ class DoctorRecorder:
         row = asyncio.ensure_future(asyncio.to_thread(record_start, attempt, started_at))
         try:
             try:
-                readout = await run_doctor(resolve_endpoints(get_settings()))
+                endpoints = resolve_endpoints(get_settings())
+                clients = await self._clients_for(endpoints)
+                readout = await run_doctor(endpoints, clients=clients)
                 answered = AnsweredReadout(readout=readout, error=None, request_id=request_id)
             except OperatorError as exc:  # the admin URL is unset or invalid
                 answered = AnsweredReadout(readout=None, error=exc, request_id=request_id)
@@ -281,6 +300,12 @@ class DoctorRecorder:
                 await asyncio.to_thread(record_finish, attempt_id, outcome, error, flow_run_id)
             finally:
                 self._pending.release()
+
+    async def aclose(self) -> None:
+        """Close the probes' clients (after ``drain``)."""
+        if self._clients is not None:
+            clients, self._clients = self._clients, None
+            await clients.aclose()
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for the answers still being recorded."""

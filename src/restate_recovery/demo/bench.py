@@ -53,6 +53,10 @@ async def timed(repeats: int, call: Call) -> list[float]:
 
 
 PAUSE_SECONDS = 0.3
+# After each HTTP doctor call is recorded, the API and the Prefect server go on working for
+# about a second (the run's events, logs and state changes: CPU the next measurement would share
+# on a 2-core machine). Every round therefore starts on a quiet machine.
+QUIET_SECONDS = 2.0
 
 
 async def in_turns(calls: dict[str, Call], repeats: int) -> dict[str, list[float]]:
@@ -129,10 +133,11 @@ def raw_probes(http: httpx.AsyncClient, admin: str, ingress: str) -> dict[str, C
 
 
 class Bench:
-    def __init__(self, stack: Any, key: str, repeats: int) -> None:
+    def __init__(self, stack: Any, key: str, repeats: int, turns: int) -> None:
         self.stack = stack
         self.key = key
         self.repeats = repeats
+        self.turns = turns
         self.cli = str(Path(sys.executable).parent / "restate-recovery")
 
     async def post(self, http: httpx.AsyncClient, route: str, body: Any, **headers: str) -> Any:
@@ -206,12 +211,13 @@ class Bench:
         return time.perf_counter() - started
 
     async def size(self, size: int, seeded_in: float) -> None:
-        from restate_recovery.doctor import resolve_endpoints, run_doctor
+        from restate_recovery.doctor import ProbeClients, resolve_endpoints, run_doctor
         from restate_recovery.runbooks import run_flow
         from restate_recovery.settings import get_settings
 
         restate, repeats = self.stack.restate, self.repeats
         endpoints = resolve_endpoints(get_settings())
+        kept = ProbeClients(endpoints)
         rows: list[tuple[str, list[float]]] = []
         fresh = httpx.AsyncClient(timeout=60, headers={"connection": "close"})
         async with fresh, httpx.AsyncClient(timeout=120) as http:
@@ -222,6 +228,7 @@ class Bench:
             async def route() -> float:
                 answered, until_recorded = await self.route_doctor_once(http)
                 recorded.append(until_recorded)
+                await asyncio.sleep(QUIET_SECONDS)  # not timed: see QUIET_SECONDS
                 return answered
 
             turns: dict[str, Call] = {
@@ -233,9 +240,12 @@ class Bench:
                     http, restate.admin_url, restate.ingress_url
                 )[COUNTS_ALONE],
                 "doctor: library call": lambda: run_doctor(endpoints),
+                "doctor: library call, kept clients (as the API)": lambda: run_doctor(
+                    endpoints, clients=kept
+                ),
                 "doctor: HTTP route, answered (warm)": route,
             }
-            samples = await in_turns(turns, repeats)
+            samples = await in_turns(turns, self.turns)
             rows.extend(samples.items())
             rows.append(("doctor: HTTP route, run recorded", recorded[1:]))  # 1st: warm-up
             floor = max(
@@ -258,6 +268,7 @@ class Bench:
             body = {"serviceUrl": self.stack.service.url}
             redeploy = await timed(repeats, lambda: self.post(http, "force-redeploy", body))
             rows.append(("force-redeploy end to end (HTTP)", redeploy))
+        await kept.aclose()
         print(f"\n== {size} invocations (seeded in {seeded_in:.0f} s); ms: median, min")  # noqa: T201
         for label, row in rows:
             print(f"{label:48s} {ms(row)}")  # noqa: T201
@@ -314,7 +325,13 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000", help="invocation counts, comma-separated")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="samples per row")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=21,
+        help="rounds of the raw probes, the library call and the HTTP route, measured in turns",
+    )
     args = parser.parse_args()
     from sqlmodel import Session  # noqa: F401 - warm the imports before timing
 
@@ -326,8 +343,11 @@ def main() -> None:
         with full_stack(work, DATA_DIR / "prefect-template") as stack:
             os.environ.update(stack.env)
             key = stack.api.create_key(actor="bench", role="ops", permissions=["system:operate"])
-            bench = Bench(stack, key, args.repeats)
-            print(f"machine: {os.cpu_count()} cores; repeats per row: {args.repeats}")  # noqa: T201
+            bench = Bench(stack, key, args.repeats, args.turns)
+            print(  # noqa: T201
+                f"machine: {os.cpu_count()} cores; samples per row: {args.turns} for the rows "
+                f"measured in turns, {args.repeats} for the others"
+            )
             asyncio.run(run_sizes(bench, [int(s) for s in args.sizes.split(",")]))
             asyncio.run(bench.deployments_and_cleanup())
             status = Path(f"/proc/{stack.api.process.pid}/status").read_text()  # type: ignore[union-attr]
