@@ -19,9 +19,11 @@ pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 CLI = str(Path(sys.executable).parent / "restate-recovery")
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, *args], env=env, capture_output=True, text=True, timeout=240, check=False
+        [CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=240, check=False
     )
 
 
@@ -56,8 +58,10 @@ def test_doctor_json_prints_exactly_the_readout(
     assert "note: PREFECT_API_URL is not set" not in result.stderr
 
 
-def test_doctor_table_is_readable(prefect_server: PrefectServer, restate: RestateStack) -> None:
-    result = run_cli("doctor", env=cli_env(restate, COLUMNS="200"))
+def test_doctor_table_is_readable_from_any_directory(
+    prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
+) -> None:
+    result = run_cli("doctor", env=cli_env(restate, COLUMNS="200"), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     for word in ("ingress", "admin", "deployments", "services", "invocations", "1.7.12"):
