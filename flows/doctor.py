@@ -7,8 +7,8 @@ component marks only itself ``degraded`` (error status, unexpected payload) or `
 (refused, reset, timed out); the readout always comes back.
 Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
 (RESTATE_ADMIN_UNREACHABLE).
-Through the operator API the probes run the moment a request is accepted and the answer is sent
-as soon as they are done; this flow then records that very readout (it does not probe again).
+Through the operator API and the CLI the probes run at once and the answer is given as soon as
+they are done; this flow then records that very readout (it does not probe again).
 Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact, and emits a
 Prefect event per finding (restate_recovery.findings) for automations to act on.
 """
@@ -50,7 +50,7 @@ async def doctor() -> DoctorReadout:
         readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
     else:
         logger.info(
-            "recording the readout answered by the operator API (request %s)", answered.request_id
+            "recording the readout already answered (request %s)", answered.request_id or "CLI"
         )
         readout = answered.unwrap(fresh_error=True)
     await acreate_markdown_artifact(

@@ -13,6 +13,7 @@ import pytest
 
 from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
 from tests.conftest import RestateStack
+from tests.helpers import closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -187,3 +188,29 @@ def test_cleanup_cli_not_found_lists_the_registered_urls(
     body = json.loads(result.stdout)
     assert body["code"] == "RESTATE_DEPLOYMENT_NOT_FOUND"
     assert restate.service_url + "/" in body["message"]
+
+
+def test_doctor_answers_even_when_its_run_cannot_be_recorded(
+    restate: RestateStack, tmp_path: Path
+) -> None:
+    """The CLI prints the readout as soon as the probes are done, then records the run; a
+    Prefect server that cannot be reached leaves the answer and the exit code as they are, and
+    the audit row finished, without a flow run id."""
+    database = f"sqlite:///{tmp_path / 'audit.db'}"
+    env = cli_env(
+        restate,
+        PREFECT_API_URL=f"{closed_port_url()}/api",
+        PREFECT_CLIENT_MAX_RETRIES="0",
+        RECOVERY_DATABASE_URL=database,
+    )
+
+    result = run_cli("doctor", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["admin"]["status"] == "ok"
+    assert "was not recorded in Prefect" in result.stderr
+    rows = json.loads(run_cli("audit", "list", "--json", env=env).stdout)
+    assert [(r["route"], r["outcome"], r["flowRunId"]) for r in rows] == [
+        ("doctor", "success", None)
+    ]
+    assert rows[0]["finishedAt"] is not None and rows[0]["roleAtTime"] == "cli"

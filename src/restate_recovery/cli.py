@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -20,7 +21,7 @@ from restate_recovery import prefect_env
 from restate_recovery.credentials import forget, seal
 from restate_recovery.errors import InvalidRequestError, OperatorError
 from restate_recovery.models import ApiModel, DoctorReadout
-from restate_recovery.operations import Actor, audit_refusal, run_audited
+from restate_recovery.operations import Actor, DoctorRecorder, audit_refusal, run_audited
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     ForceRedeployRequest,
@@ -152,16 +153,44 @@ def doctor(
 ) -> None:
     """Read-only readout of ingress, admin API, deployments, services and invocations."""
     prefect_env.configure()
+    outcome = asyncio.run(answer_then_record(cli_actor(actor), reason, json_output))
+    if isinstance(outcome, OperatorError):
+        raise typer.Exit(EXIT_ROUTE_ERROR)
+
+
+async def answer_then_record(
+    actor: Actor, reason: str | None, as_json: bool
+) -> DoctorReadout | OperatorError:
+    """Print the readout the moment the probes are done, then record it as the
+    ``restate-doctor`` flow run (the way the operator API does): Prefect's import and the
+    run cost seconds that the operator no longer waits for. The audit row is written before
+    anything is printed and finished once the run is recorded."""
+    recorder = DoctorRecorder(asyncio.Semaphore(1), max_pending=1, executor=None)
     try:
-        readout: DoctorReadout = run_cli_flow(
-            "doctor", actor=actor, reason=reason, arguments={}, parameters={}
-        )
-    except OperatorError as exc:
-        fail(exc, as_json=json_output)
-    if json_output:
-        _emit_json(readout.to_json())
-    else:
-        render_readout(readout, Console())
+        try:
+            outcome: DoctorReadout | OperatorError = await recorder.answer(
+                actor=actor, reason=reason, request_id=None
+            )
+        except OperatorError as exc:
+            outcome = exc
+        if isinstance(outcome, OperatorError):
+            if as_json:
+                _emit_json(outcome.body())
+            else:
+                Console(stderr=True).print(f"[bold red]{outcome.code}[/]: {outcome.message}")
+        elif as_json:
+            _emit_json(outcome.to_json())
+        else:
+            render_readout(outcome, Console())
+        sys.stdout.flush()
+        await recorder.drain(timeout=RECORD_TIMEOUT_SECONDS)
+    finally:
+        await recorder.aclose()
+    return outcome
+
+
+# How long the CLI waits for its doctor run to be recorded (a temporary Prefect server included).
+RECORD_TIMEOUT_SECONDS = 600.0
 
 
 DryRunOption = Annotated[

@@ -197,15 +197,18 @@ async def audited(
 
 
 class DoctorRecorder:
-    """Records answered HTTP doctor readouts as ``restate-doctor`` flow runs, in the background.
+    """Records answered doctor readouts (the API's, the CLI's) as ``restate-doctor`` flow runs, after
+    the answer.
 
     ``runs`` bounds the flow runs this process executes at once (shared with the write routes),
-    each in a thread of ``executor`` (``call_flow``);
+    each in a thread of ``executor`` (``call_flow``; without one, on the caller's event loop);
     at most ``max_pending`` answers may wait to be recorded, past that a new doctor call waits
     before it probes (nothing is dropped). ``drain`` waits for the records still pending.
     """
 
-    def __init__(self, runs: asyncio.Semaphore, max_pending: int, executor: Executor) -> None:
+    def __init__(
+        self, runs: asyncio.Semaphore, max_pending: int, executor: Executor | None
+    ) -> None:
         self._runs = runs
         self._executor = executor
         self._pending = asyncio.Semaphore(max_pending)
