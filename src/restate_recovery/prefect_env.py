@@ -64,10 +64,10 @@ def configure(*, announce: bool = True) -> bool:
     if announce:
         sys.stderr.write(
             "note: PREFECT_API_URL is not set, so this run starts Prefect's temporary server "
-            "(about 6-7 s here"
+            "(6-20 s by machine, 15-20 s on this project's"
             + ("; this PREFECT_HOME starts from the pre-migrated database" if seeded else "")
             + "; a new PREFECT_HOME with no pre-migrated copy also migrates, about 20 s more). "
-            "Point PREFECT_API_URL at a running Prefect server to record the run there in "
-            "about 1.6 s.\n"
+            "Point PREFECT_API_URL at a running Prefect server to record the run there "
+            "within a few seconds.\n"
         )
     return False
