@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,9 +52,15 @@ class Deployed:
     worker: subprocess.Popen[bytes]
 
     def stop_worker(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s: a run paused for approval (a finding of the 5-minute
+        schedule can start one at any time) keeps its process, and the worker waits for it."""
         if self.worker.poll() is None:
-            os.killpg(self.worker.pid, 15)
-            self.worker.wait(timeout=30)
+            os.killpg(self.worker.pid, signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait(timeout=30)
 
 
 def run(args: list[str], env: dict[str, str]) -> str:
