@@ -175,24 +175,23 @@ class Bench:
 
     async def cli_doctor(self) -> tuple[float, float]:
         """(until the readout is on stdout, until the command exits with its run recorded)."""
+        return await asyncio.to_thread(self.timed_cli_doctor, self.stack.env)
 
-        def run() -> tuple[float, float]:
-            started = time.perf_counter()
-            process = subprocess.Popen(
-                [self.cli, "doctor", "--json"],
-                env=self.stack.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            assert process.stdout is not None
-            process.stdout.read(1)
-            answered = time.perf_counter() - started
-            process.stdout.read()
-            if process.wait() != 0:
-                raise RuntimeError("restate-recovery doctor failed")
-            return answered, time.perf_counter() - started
-
-        return await asyncio.to_thread(run)
+    def timed_cli_doctor(self, env: dict[str, str]) -> tuple[float, float]:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [self.cli, "doctor", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        process.stdout.read(1)
+        answered = time.perf_counter() - started
+        process.stdout.read()
+        if process.wait() != 0:
+            raise RuntimeError("restate-recovery doctor failed")
+        return answered, time.perf_counter() - started
 
     async def restate_cli_readout(self) -> None:
         from restate_recovery.demo.local_stack import restate_cli_binary
@@ -329,21 +328,10 @@ class Bench:
         env = {k: v for k, v in self.stack.env.items() if k != "PREFECT_API_URL"}
         env["PREFECT_HOME"] = str(work / "embedded-home")
         for run in ("first run on a new PREFECT_HOME", "second run"):
-            started = time.perf_counter()
-            process = subprocess.Popen(
-                [self.cli, "doctor", "--json"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            assert process.stdout is not None
-            process.stdout.read(1)
-            answered = time.perf_counter() - started
-            process.stdout.read()
-            process.wait()
+            answered, total = self.timed_cli_doctor(env)
             print(  # noqa: T201
                 f"CLI doctor, no Prefect server, {run}: readout printed after {answered:.1f} s, "
-                f"exit (run recorded) after {time.perf_counter() - started:.1f} s"
+                f"exit (run recorded) after {total:.1f} s"
             )
 
 
