@@ -49,11 +49,15 @@ def _emit_json(body: Any) -> None:
     typer.echo(json.dumps(body, indent=2))
 
 
-def fail(exc: OperatorError, *, as_json: bool) -> NoReturn:
+def show_error(exc: OperatorError, *, as_json: bool) -> None:
     if as_json:
         _emit_json(exc.body())
     else:
         Console(stderr=True).print(f"[bold red]{exc.code}[/]: {exc.message}")
+
+
+def fail(exc: OperatorError, *, as_json: bool) -> NoReturn:
+    show_error(exc, as_json=as_json)
     raise typer.Exit(EXIT_ROUTE_ERROR)
 
 
@@ -174,10 +178,7 @@ async def answer_then_record(
         except OperatorError as exc:
             outcome = exc
         if isinstance(outcome, OperatorError):
-            if as_json:
-                _emit_json(outcome.body())
-            else:
-                Console(stderr=True).print(f"[bold red]{outcome.code}[/]: {outcome.message}")
+            show_error(outcome, as_json=as_json)
         elif as_json:
             _emit_json(outcome.to_json())
         else:

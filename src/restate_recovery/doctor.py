@@ -57,6 +57,7 @@ RECENT_FAILURES_SQL = (
     "OR status IN ('backing-off', 'paused') "
     f"ORDER BY modified_at DESC LIMIT {MAX_RECENT_FAILURES}"
 )
+INVOCATION_QUERIES = (COUNT_BY_STATUS_SQL, RECENT_FAILURES_SQL)
 
 
 def paused_errors_sql(invocation_ids: list[str]) -> str:
@@ -265,13 +266,12 @@ async def probe_invocations(
     def one_written() -> None:
         nonlocal written
         written += 1
-        if written == 2 and on_sent is not None:
+        if written == len(INVOCATION_QUERIES) and on_sent is not None:
             on_sent()
 
     async def read() -> InvocationsReadout:
         counts_rows, failure_rows = await asyncio.gather(
-            client.query(COUNT_BY_STATUS_SQL, timeout=timeout, on_sent=one_written),
-            client.query(RECENT_FAILURES_SQL, timeout=timeout, on_sent=one_written),
+            *(client.query(sql, timeout=timeout, on_sent=one_written) for sql in INVOCATION_QUERIES)
         )
         paused = [r["id"] for r in failure_rows if r.get("status") == "paused" and "id" in r]
         paused_errors: dict[str, str] = {}

@@ -290,12 +290,14 @@ class DoctorRecorder:
             flow_run_id = str(state.state_details.flow_run_id)
         except asyncio.CancelledError:
             logger.warning(
-                "doctor answer %s was not recorded in Prefect: the API stopped first",
-                answered.request_id,
+                "doctor answer %s was not recorded in Prefect: the process stopped first",
+                answered.request_id or "(CLI)",
             )
             raise
         except Exception:
-            logger.exception("doctor answer %s was not recorded in Prefect", answered.request_id)
+            logger.exception(
+                "doctor answer %s was not recorded in Prefect", answered.request_id or "(CLI)"
+            )
         finally:
             try:
                 outcome: store.Outcome = "success" if answered.error is None else "failure"

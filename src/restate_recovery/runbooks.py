@@ -31,8 +31,8 @@ def load_flow(name: str) -> Any:
     """The Prefect flow object for a runbook (imports prefect: configure its env first)."""
     from prefect.flows import load_flow_from_entrypoint
 
-    # The flows import the checkout's ``tasks`` package; Prefect puts only the working directory
-    # on sys.path, so without this the CLI and the API would work from the checkout alone.
+    # The flows import the checkout's ``tasks`` package and Prefect puts only the working
+    # directory on sys.path: without this, the CLI and the API fail outside the checkout.
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
     return load_flow_from_entrypoint(entrypoint(name), use_placeholder_flow=False)
