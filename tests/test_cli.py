@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
@@ -59,6 +60,39 @@ def test_doctor_json_prints_exactly_the_readout(
     assert "note: PREFECT_API_URL is not set" not in result.stderr
 
 
+def test_doctor_records_exactly_the_printed_readout_as_a_run_before_it_exits(
+    prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
+) -> None:
+    from restate_recovery.doctor import readout_markdown
+    from restate_recovery.models import DoctorReadout
+
+    env = cli_env(restate, RECOVERY_DATABASE_URL=f"sqlite:///{tmp_path / 'audit.db'}")
+
+    result = run_cli("doctor", "--json", "--actor", "erin", env=env)
+
+    assert result.returncode == 0, result.stderr
+    printed = DoctorReadout.model_validate(json.loads(result.stdout))
+    (row,) = json.loads(run_cli("audit", "list", "--json", env=env).stdout)
+    assert (row["actorUserId"], row["outcome"], row["finishedAt"] is None) == (
+        "erin",
+        "success",
+        False,
+    )
+    api = prefect_server.api_url
+    run = httpx.get(f"{api}/flow_runs/{row['flowRunId']}", timeout=10).json()
+    assert (run["name"], run["state_type"], run["tags"]) == (
+        "restate-doctor",
+        "COMPLETED",
+        ["via:CLI"],
+    )
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [row["flowRunId"]]}}},
+        timeout=10,
+    ).json()
+    assert [a["data"] for a in artifacts] == [readout_markdown(printed)]
+
+
 def test_doctor_table_is_readable_from_any_directory(
     prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
 ) -> None:
@@ -97,6 +131,7 @@ def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     assert json.loads(result.stdout)["admin"]["status"] == "ok"
     assert "note: PREFECT_API_URL is not set" in result.stderr
     assert "starts from the pre-migrated database" in result.stderr
+    assert "not recorded" not in result.stderr  # recorded in the temporary server
     assert (home / "prefect.db").stat().st_size > 0
 
 

@@ -18,7 +18,6 @@ from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.models import DoctorReadout
 from restate_recovery.runbooks import load_flow, run_flow
 from tests.conftest import RestateStack
-from tests.helpers import closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -92,53 +91,3 @@ async def test_doctor_flow_without_admin_url_fails_with_the_code(
 
 def test_the_flow_is_named_for_the_route() -> None:
     assert load_flow("doctor").name == "restate-doctor"
-
-
-async def test_an_answered_readout_is_recorded_as_is_without_probing_again(
-    prefect_server: PrefectServer, settings_env: pytest.MonkeyPatch
-) -> None:
-    """The operator API's path: the flow records the readout it was handed, probes nothing."""
-    from restate_recovery.doctor import ANSWERED_READOUT, AnsweredReadout
-    from restate_recovery.models import (
-        AdminReadout,
-        DeploymentsReadout,
-        IngressReadout,
-        InvocationsReadout,
-        ServicesReadout,
-    )
-
-    settings_env.setenv("RESTATE_ADMIN_URL", closed_port_url())  # probing would say unreachable
-    answered = DoctorReadout(
-        ingress=IngressReadout(status="ok", latency_ms=1.0),
-        admin=AdminReadout(status="ok", latency_ms=1.0, version="9.9.9-answered"),
-        deployments=DeploymentsReadout(status="ok", items=[], error=None),
-        services=ServicesReadout(status="ok", items=[], error=None),
-        invocations=InvocationsReadout(status="ok", by_status={"completed": 7}, error=None),
-    )
-    token = ANSWERED_READOUT.set(AnsweredReadout(answered, None, "req-answered"))
-    try:
-        readout = await run_flow("doctor")
-    finally:
-        ANSWERED_READOUT.reset(token)
-
-    assert readout == answered
-    run_id, state, _, _ = await latest_run_of("restate-doctor")
-    assert state == "COMPLETED"
-    async with get_client() as client:
-        tasks = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(run_id)]))
-        )
-        (artifact,) = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-        )
-    assert [t.name.rsplit("-", 1)[0] for t in tasks] == ["emit-findings"]
-    assert "9.9.9-answered" in str(artifact.data)
-
-    error = AdminUnreachableError("RESTATE_ADMIN_URL is not set")
-    token = ANSWERED_READOUT.set(AnsweredReadout(None, error, "req-error"))
-    try:
-        with pytest.raises(AdminUnreachableError):
-            await run_flow("doctor")
-    finally:
-        ANSWERED_READOUT.reset(token)
-    assert (await latest_run_of("restate-doctor"))[1] == "FAILED"

@@ -131,7 +131,6 @@ async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
     from restate_recovery import operations
     from restate_recovery.settings import get_settings
@@ -147,16 +146,16 @@ async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
         await asyncio.Event().wait()
 
     monkeypatch.setattr(operations, "run_doctor", never_answers)
-    with ThreadPoolExecutor(1) as pool:
-        recorder = operations.DoctorRecorder(asyncio.Semaphore(1), max_pending=1, executor=pool)
-        call = asyncio.create_task(
-            recorder.answer(actor=operations.Actor("u", "ops"), reason=None, request_id="gone")
-        )
-        await probing.wait()
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        await recorder.drain(timeout=10)
+    recorder = operations.DoctorRecorder(source="test", max_pending=1)
+    call = asyncio.create_task(
+        recorder.answer(actor=operations.Actor("u", "ops"), reason=None, request_id="gone")
+    )
+    await probing.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await recorder.drain(timeout=10)
+    await recorder.aclose()
     get_settings.cache_clear()
     with Session(store.engine_for(url)) as session:
         (row,) = store.list_attempts(session=session)

@@ -54,9 +54,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "/api/v2/admin/operator/restate"
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON = 2000
-# Doctor answers waiting to be recorded as flow runs, per allowed concurrent run; past that a new
-# doctor call waits before probing. On shutdown the API waits this long for them.
-PENDING_RECORDS_PER_RUN = 4
+# Doctor answers waiting to be recorded as flow runs; past that a new doctor call waits before
+# probing. On shutdown the API waits this long for them.
+MAX_PENDING_RECORDS = 16
 DRAIN_RECORDS_SECONDS = 30.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -321,14 +321,12 @@ def create_app() -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return unexpected_response(request_id_of(request), request.url.path, exc)
 
-    # Every call is a Prefect flow run in this process: past a few at once they only slow each
+    # Every write call is a Prefect flow run in this process: past a few at once they only slow each
     # other (and Prefect's server) down, so the rest queue here.
     max_runs = get_settings().recovery_api_max_concurrent_runs
     runs = asyncio.Semaphore(max_runs)
     flow_threads = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="flow-run")
-    doctor_records = DoctorRecorder(
-        runs, max_pending=PENDING_RECORDS_PER_RUN * max_runs, executor=flow_threads
-    )
+    doctor_records = DoctorRecorder(source="operator API", max_pending=MAX_PENDING_RECORDS)
 
     async def run(
         request: Request,

@@ -165,11 +165,10 @@ def doctor(
 async def answer_then_record(
     actor: Actor, reason: str | None, as_json: bool
 ) -> DoctorReadout | OperatorError:
-    """Print the readout the moment the probes are done, then record it as the
-    ``restate-doctor`` flow run (the way the operator API does): Prefect's import and the
-    run cost seconds that the operator no longer waits for. The audit row is written before
+    """Print the readout the moment the probes are done, then record it as a ``restate-doctor``
+    flow run (the way the operator API does, ``run_record``). The audit row is written before
     anything is printed and finished once the run is recorded."""
-    recorder = DoctorRecorder(asyncio.Semaphore(1), max_pending=1, executor=None)
+    recorder = DoctorRecorder(source="CLI", max_pending=1)
     try:
         try:
             outcome: DoctorReadout | OperatorError = await recorder.answer(

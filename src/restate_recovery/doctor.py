@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -419,28 +418,20 @@ async def run_doctor(
 
 @dataclass(frozen=True)
 class AnsweredReadout:
-    """A doctor outcome the operator API has already answered with (a readout, or the error of an
-    unresolvable admin URL). The ``restate-doctor`` flow records it instead of probing again, so
-    the recorded run holds exactly what the operator was told."""
+    """A doctor outcome the operator API or the CLI has already answered with (a readout, or the
+    error of an unusable admin URL). It is recorded as it is (``run_record``), not probed again,
+    so the recorded run holds exactly what the operator was told."""
 
     readout: DoctorReadout | None
     error: OperatorError | None
     request_id: str | None
 
-    def unwrap(self, *, fresh_error: bool = False) -> DoctorReadout:
-        """The readout, or raise its error (a new copy with ``fresh_error``: the flow runs in
-        another thread than the request that raised the original)."""
+    def unwrap(self) -> DoctorReadout:
+        """The readout, or raise its error."""
         if self.error is not None:
-            raise type(self.error)(*self.error.args) if fresh_error else self.error
+            raise self.error
         assert self.readout is not None
         return self.readout
-
-
-# Set (in-process only, never a flow parameter: readouts may hold credentialed service URLs) by
-# the operator API around the flow run that records an answered readout.
-ANSWERED_READOUT: ContextVar[AnsweredReadout | None] = ContextVar(
-    "restate_recovery_answered_readout", default=None
-)
 
 
 def guard_admin(readout: DoctorReadout) -> None:
@@ -454,6 +445,12 @@ def guard_admin(readout: DoctorReadout) -> None:
 
 def unhealthy_components(readout: DoctorReadout) -> list[str]:
     return [name for name, part in readout if getattr(part, "status", "ok") != "ok"]
+
+
+def verdict(readout: DoctorReadout) -> str:
+    """One line for the run's log: ``all ok`` or ``not ok: <components>``."""
+    not_ok = unhealthy_components(readout)
+    return "not ok: " + ", ".join(not_ok) if not_ok else "all ok"
 
 
 def readout_markdown(readout: DoctorReadout) -> str:

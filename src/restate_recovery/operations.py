@@ -3,16 +3,14 @@
 Every attempt leaves one audit row: inserted before the flow starts (so a crash mid-route still
 leaves a trace), finished once with the outcome, the error body and the Prefect flow run id.
 
-The HTTP doctor is the one exception to "answer when the flow has finished": it answers as soon as
-its probes are done, then records that readout as a ``restate-doctor`` flow run right after
-(``DoctorRecorder``); its audit row is finished when the run is recorded. A recorded Prefect run
-costs a few hundred milliseconds, many times a whole doctor readout (docs/performance.md).
+The doctor (API and CLI) is the one exception to "answer when the flow has finished": it answers
+as soon as its probes are done, then records that readout as a ``restate-doctor`` flow run right
+after (``DoctorRecorder``, ``run_record``); its audit row is finished when the run is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -25,7 +23,6 @@ from sqlmodel import Session
 
 from restate_recovery import store
 from restate_recovery.doctor import (
-    ANSWERED_READOUT,
     AnsweredReadout,
     Endpoints,
     ProbeClients,
@@ -34,6 +31,7 @@ from restate_recovery.doctor import (
 )
 from restate_recovery.errors import OperatorError
 from restate_recovery.models import DoctorReadout
+from restate_recovery.run_record import RecordError, RunRecorder, doctor_run_record
 from restate_recovery.runbooks import load_flow
 from restate_recovery.settings import get_settings
 
@@ -130,8 +128,7 @@ async def call_flow(name: str, parameters: dict[str, Any], executor: Executor | 
     def in_thread() -> Any:
         return asyncio.run(load_flow(name)(**parameters, return_state=True))
 
-    context = contextvars.copy_context()  # carries ANSWERED_READOUT to the run
-    return await asyncio.get_running_loop().run_in_executor(executor, context.run, in_thread)
+    return await asyncio.get_running_loop().run_in_executor(executor, in_thread)
 
 
 async def run_audited(
@@ -196,21 +193,24 @@ async def audited(
     return result
 
 
-class DoctorRecorder:
-    """Records answered doctor readouts (the API's, the CLI's) as ``restate-doctor`` flow runs, after
-    the answer.
+# A record is a few requests to Prefect; more of them at once only slow its server down.
+RECORDS_AT_ONCE = 4
 
-    ``runs`` bounds the flow runs this process executes at once (shared with the write routes),
-    each in a thread of ``executor`` (``call_flow``; without one, on the caller's event loop);
-    at most ``max_pending`` answers may wait to be recorded, past that a new doctor call waits
-    before it probes (nothing is dropped). ``drain`` waits for the records still pending.
+
+class DoctorRecorder:
+    """Answers doctor calls (the API's, the CLI's), then records each answered readout as a
+    ``restate-doctor`` flow run (``run_record``) and finishes its audit row.
+
+    ``source`` says where the answer was given (in the run's log and tags). At most
+    ``RECORDS_AT_ONCE`` records talk to Prefect at once, and at most ``max_pending`` answers may
+    wait to be recorded; past that a new doctor call waits before it probes (nothing is dropped).
+    ``drain`` waits for the records still pending.
     """
 
-    def __init__(
-        self, runs: asyncio.Semaphore, max_pending: int, executor: Executor | None
-    ) -> None:
-        self._runs = runs
-        self._executor = executor
+    def __init__(self, *, source: str, max_pending: int, runs: RunRecorder | None = None) -> None:
+        self._source = source
+        self._runs = runs or RunRecorder()
+        self._recording = asyncio.Semaphore(RECORDS_AT_ONCE)
         self._pending = asyncio.Semaphore(max_pending)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._clients: ProbeClients | None = None
@@ -239,7 +239,7 @@ class DoctorRecorder:
         except BaseException:
             self._pending.release()
             raise
-        task = asyncio.create_task(self._record(attempt_id, answered))
+        task = asyncio.create_task(self._record(attempt_id, actor, answered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return answered.unwrap()
@@ -278,26 +278,26 @@ class DoctorRecorder:
         row.add_done_callback(self._tasks.discard)
         row.add_done_callback(finish)
 
-    async def _record(self, attempt_id: int, answered: AnsweredReadout) -> None:
+    async def _record(self, attempt_id: int, actor: Actor, answered: AnsweredReadout) -> None:
         flow_run_id: str | None = None
+        name = answered.request_id or f"({self._source})"
         try:
-            async with self._runs:
-                token = ANSWERED_READOUT.set(answered)
-                try:
-                    state = await call_flow("doctor", {}, self._executor)
-                finally:
-                    ANSWERED_READOUT.reset(token)
-            flow_run_id = str(state.state_details.flow_run_id)
+            record = doctor_run_record(
+                answered,
+                source=self._source,
+                actor=actor.user_id,
+                service_url=get_settings().restate_service_url,
+            )
+            async with self._recording:
+                flow_run_id = await self._runs.record(record)
         except asyncio.CancelledError:
-            logger.warning(
-                "doctor answer %s was not recorded in Prefect: the process stopped first",
-                answered.request_id or "(CLI)",
-            )
+            logger.warning("doctor answer %s was not recorded in Prefect: stopped first", name)
             raise
+        except RecordError as exc:
+            flow_run_id = exc.flow_run_id
+            logger.error("doctor answer %s was not recorded in Prefect: %s", name, exc)
         except Exception:
-            logger.exception(
-                "doctor answer %s was not recorded in Prefect", answered.request_id or "(CLI)"
-            )
+            logger.exception("doctor answer %s was not recorded in Prefect", name)
         finally:
             try:
                 outcome: store.Outcome = "success" if answered.error is None else "failure"
@@ -307,7 +307,8 @@ class DoctorRecorder:
                 self._pending.release()
 
     async def aclose(self) -> None:
-        """Close the probes' clients (after ``drain``)."""
+        """Close the probes' and Prefect's clients (after ``drain``)."""
+        await self._runs.aclose()
         if self._clients is not None:
             clients, self._clients = self._clients, None
             await clients.aclose()

@@ -1,0 +1,306 @@
+"""Answered doctor readouts recorded in Prefect as ``restate-doctor`` flow runs, over its REST API.
+
+The operator API and the CLI probe once and answer at once. What is left is to put exactly that
+readout in Prefect's run history, the way a ``restate-doctor`` run of the engine shows it: a flow
+run named ``restate-doctor`` (Running, then Completed; Failed with the error when the admin URL was
+unusable), the readout as its ``restate-doctor`` markdown artifact, its log lines, and one event
+per finding, related to the run, for the automations. That is five requests, about 0.1-0.2 s.
+Running the flow for it cost the CLI an import of Prefect (about 2 s on these machines) and the
+engine's own work (about 1 s), after the answer (docs/performance.md).
+
+The connection is Prefect's own client settings, read from the environment (``PREFECT_API_URL``,
+``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``,
+``PREFECT_API_SSL_CERT_FILE``, ``PREFECT_CLIENT_CUSTOM_HEADERS``). With no ``PREFECT_API_URL`` in the
+environment, Prefect's settings are read (its profile), and with no URL there either Prefect's
+temporary server is started, as a flow run would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
+from restate_recovery.findings import Finding, doctor_findings
+
+FLOW_NAME = "restate-doctor"
+ARTIFACT_KEY = "restate-doctor"
+ARTIFACT_DESCRIPTION = "Restate doctor readout"
+LOGGER_NAME = "prefect.flow_runs"  # the logger of a flow run's own lines in the UI
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# Only what never reached Prefect, or what it refused before doing anything, is tried again.
+RETRY_DELAYS_SECONDS = (0.25, 1.0)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+INFO = 20
+
+
+class RecordError(Exception):
+    """Prefect did not take (all of) the record. ``flow_run_id`` is set when the run exists."""
+
+    def __init__(self, message: str, flow_run_id: str | None = None) -> None:
+        super().__init__(message, flow_run_id)
+        self.flow_run_id = flow_run_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class PrefectConnection:
+    """Where Prefect's API is and how to talk to it (Prefect's own client settings)."""
+
+    api_url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    verify: ssl.SSLContext | bool = True
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.api_url.rstrip("/") + "/",
+            headers=dict(self.headers),
+            verify=self.verify,
+            timeout=REQUEST_TIMEOUT,
+        )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "t", "yes", "y", "on"}
+
+
+def connection(
+    api_url: str,
+    *,
+    auth_string: str | None = None,
+    api_key: str | None = None,
+    skip_verify: bool = False,
+    cert_file: str | None = None,
+    custom_headers: Mapping[str, str] | None = None,
+) -> PrefectConnection:
+    """The connection Prefect's client would make with these settings (auth string first)."""
+    headers = dict(custom_headers or {})
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    elif api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    verify: ssl.SSLContext | bool = True
+    if skip_verify:
+        verify = False
+    elif cert_file:
+        verify = ssl.create_default_context(cafile=cert_file)
+    return PrefectConnection(api_url=api_url, headers=headers, verify=verify)
+
+
+def connection_from_env(environ: Mapping[str, str] = os.environ) -> PrefectConnection | None:
+    """The connection configured in the environment, or None without ``PREFECT_API_URL``."""
+    api_url = environ.get("PREFECT_API_URL")
+    if not api_url:
+        return None
+    raw_headers = environ.get("PREFECT_CLIENT_CUSTOM_HEADERS")
+    return connection(
+        api_url,
+        auth_string=environ.get("PREFECT_API_AUTH_STRING"),
+        api_key=environ.get("PREFECT_API_KEY"),
+        skip_verify=_truthy(environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")),
+        cert_file=environ.get("PREFECT_API_SSL_CERT_FILE"),
+        custom_headers=json.loads(raw_headers) if raw_headers else None,
+    )
+
+
+def connection_from_prefect() -> PrefectConnection:
+    """Prefect's own settings (its profile); with no API URL there, its temporary server, started
+    here (it stops when the process exits). Imports Prefect: seconds, so only when needed."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    api_url = settings.api.url
+    if not api_url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
+        api_url = server.api_url
+    auth = settings.api.auth_string
+    key = settings.api.key
+    return connection(
+        api_url,
+        auth_string=auth.get_secret_value() if auth else None,
+        api_key=key.get_secret_value() if key else None,
+        skip_verify=settings.api.tls_insecure_skip_verify,
+        cert_file=settings.api.ssl_cert_file,
+        custom_headers=settings.client.custom_headers,
+    )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a recorded doctor run holds, decided before anything is sent."""
+
+    tags: list[str]
+    log_lines: list[str]
+    artifact_markdown: str | None
+    findings: list[Finding]
+    final_state: dict[str, Any]
+
+
+def doctor_run_record(
+    answered: AnsweredReadout, *, source: str, actor: str, service_url: str | None
+) -> RunRecord:
+    """What the run of an answered readout holds: the same artifact, findings and verdict as a
+    ``restate-doctor`` run the engine ran, plus who was answered (Prefect has no users)."""
+    asked = f"actor {actor}" + (f", request {answered.request_id}" if answered.request_id else "")
+    lines = [f"readout answered through the {source} ({asked}), recorded as answered"]
+    if answered.error is not None:
+        message = f"{answered.error.code}: {answered.error.message}"
+        lines.append(f"doctor: {message}")
+        state = {"type": "FAILED", "name": "Failed", "message": message}
+        return RunRecord([f"via:{source}"], lines, None, [], state)
+    readout = answered.unwrap()
+    findings = doctor_findings(readout, service_url)
+    lines += [f"event {f.event} for {f.resource['prefect.resource.id']}" for f in findings]
+    lines.append(f"doctor: {verdict(readout)}")
+    state = {"type": "COMPLETED", "name": "Completed"}
+    return RunRecord([f"via:{source}"], lines, readout_markdown(readout), findings, state)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class RunRecorder:
+    """Records answered readouts as ``restate-doctor`` flow runs; keeps one client to Prefect."""
+
+    def __init__(self, connection: PrefectConnection | None = None) -> None:
+        self._connection = connection
+        self._http: httpx.AsyncClient | None = None
+        self._flow_id: str | None = None
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            found = self._connection or connection_from_env()
+            if found is None:
+                found = await asyncio.to_thread(connection_from_prefect)
+            self._connection = found
+            self._http = found.client()
+        return self._http
+
+    async def _post(self, http: httpx.AsyncClient, path: str, body: Any) -> Any:
+        for delay in (*RETRY_DELAYS_SECONDS, None):
+            try:
+                response = await http.post(path, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if delay is None:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or delay is None:
+                    response.raise_for_status()
+                    return response.json() if response.content else None
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def record(self, record: RunRecord) -> str:
+        """Create the run and fill it; returns its id. Raises ``RecordError``."""
+        try:
+            http = await self._client()
+            if self._flow_id is None:  # Prefect creates the flow, or returns the existing one
+                self._flow_id = (await self._post(http, "flows/", {"name": FLOW_NAME}))["id"]
+            created = await self._post(
+                http,
+                "flow_runs/",
+                {
+                    "flow_id": self._flow_id,
+                    "name": FLOW_NAME,
+                    "parameters": {},
+                    "tags": record.tags,
+                    "idempotency_key": uuid.uuid4().hex,  # a retried create is one run
+                    "state": {"type": "RUNNING", "name": "Running"},
+                },
+            )
+        except Exception as exc:
+            raise RecordError(f"no flow run was created: {type(exc).__name__}: {exc}") from exc
+        run_id: str = created["id"]
+        try:
+            await self._fill(http, run_id, record)
+        except Exception as exc:
+            await self._mark_crashed(http, run_id)
+            raise RecordError(
+                f"flow run {run_id} was not fully recorded: {type(exc).__name__}: {exc}", run_id
+            ) from exc
+        return run_id
+
+    async def _fill(self, http: httpx.AsyncClient, run_id: str, record: RunRecord) -> None:
+        now = _now()
+        related = [
+            {
+                "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": FLOW_NAME,
+            },
+            {
+                "prefect.resource.id": f"prefect.flow.{self._flow_id}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": FLOW_NAME,
+            },
+        ]
+        logs = [
+            {
+                "name": LOGGER_NAME,
+                "level": INFO,
+                "message": line,
+                "timestamp": now,
+                "flow_run_id": run_id,
+            }
+            for line in record.log_lines
+        ]
+        # All at once: the run exists, and Prefect orders its log lines by their timestamps.
+        writes = [self._post(http, "logs/", logs)]
+        if record.artifact_markdown is not None:
+            artifact = {
+                "key": ARTIFACT_KEY,
+                "type": "markdown",
+                "description": ARTIFACT_DESCRIPTION,
+                "data": record.artifact_markdown,
+                "flow_run_id": run_id,
+            }
+            writes.append(self._post(http, "artifacts/", artifact))
+        if record.findings:
+            events = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "occurred": now,
+                    "event": finding.event,
+                    "resource": finding.resource,
+                    "related": related,
+                    "payload": finding.payload,
+                }
+                for finding in record.findings
+            ]
+            writes.append(self._post(http, "events", events))
+        results = await asyncio.gather(
+            self._post(http, f"flow_runs/{run_id}/set_state", {"state": record.final_state}),
+            *writes,
+        )
+        if results[0]["status"] != "ACCEPT":
+            raise RecordError(f"Prefect did not accept the final state: {results[0]['status']}")
+
+    async def _mark_crashed(self, http: httpx.AsyncClient, run_id: str) -> None:
+        """Best effort: a run left Running would look like a doctor still at work."""
+        state = {"type": "CRASHED", "name": "Crashed", "message": "the record was cut short"}
+        try:
+            await http.post(f"flow_runs/{run_id}/set_state", json={"state": state, "force": True})
+        except httpx.HTTPError:
+            pass
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()

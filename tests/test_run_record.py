@@ -1,0 +1,314 @@
+"""Answered doctor readouts recorded as restate-doctor flow runs over Prefect's REST API: what a
+record holds (plain functions), how it talks to Prefect (faults through MockTransport), and the
+run it leaves in the session's real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from restate_recovery.demo.local_stack import PrefectServer
+from restate_recovery.doctor import AnsweredReadout, readout_markdown
+from restate_recovery.errors import AdminUnreachableError
+from restate_recovery.models import (
+    AdminReadout,
+    DeploymentsReadout,
+    DoctorReadout,
+    IngressReadout,
+    InvocationFailure,
+    InvocationsReadout,
+    ServicesReadout,
+)
+from restate_recovery.run_record import (
+    PrefectConnection,
+    RecordError,
+    RunRecord,
+    RunRecorder,
+    connection_from_env,
+    doctor_run_record,
+)
+
+
+def readout(*, failed_key: str | None = None, version: str = "1.7.12") -> DoctorReadout:
+    failures = []
+    if failed_key is not None:
+        failures.append(
+            InvocationFailure(
+                id="inv_1",
+                service_name="IdentityRecoveryWorkflow",
+                service_key=failed_key,
+                status="completed",
+                failed_at="2026-11-27T10:00:00Z",
+                error_message="boom",
+            )
+        )
+    return DoctorReadout(
+        ingress=IngressReadout(status="ok", latency_ms=1.0),
+        admin=AdminReadout(status="ok", latency_ms=1.0, version=version),
+        deployments=DeploymentsReadout(status="ok", items=[], error=None),
+        services=ServicesReadout(status="ok", items=[], error=None),
+        invocations=InvocationsReadout(
+            status="ok", by_status={"completed": 1}, recent_failures=failures, error=None
+        ),
+    )
+
+
+# --- what a record holds ------------------------------------------------------------------------
+
+
+def test_a_readout_is_recorded_with_its_artifact_findings_and_verdict() -> None:
+    answered = AnsweredReadout(readout(failed_key="k1"), None, "req-1")
+
+    record = doctor_run_record(answered, source="operator API", actor="alice", service_url=None)
+
+    assert record.tags == ["via:operator API"]
+    assert record.artifact_markdown == readout_markdown(readout(failed_key="k1"))
+    assert [f.event for f in record.findings] == ["restate.doctor.workflow.terminal-failed"]
+    assert record.log_lines == [
+        "readout answered through the operator API (actor alice, request req-1), "
+        "recorded as answered",
+        "event restate.doctor.workflow.terminal-failed for "
+        "restate.workflow.IdentityRecoveryWorkflow.k1",
+        "doctor: all ok",
+    ]
+    assert record.final_state == {"type": "COMPLETED", "name": "Completed"}
+
+
+def test_an_answered_error_is_recorded_as_a_failed_run_without_artifact() -> None:
+    error = AdminUnreachableError("RESTATE_ADMIN_URL is not set")
+
+    record = doctor_run_record(
+        AnsweredReadout(None, error, None), source="CLI", actor="bob", service_url=None
+    )
+
+    assert record.artifact_markdown is None and record.findings == []
+    assert record.final_state == {
+        "type": "FAILED",
+        "name": "Failed",
+        "message": "RESTATE_ADMIN_UNREACHABLE: RESTATE_ADMIN_URL is not set",
+    }
+    assert (
+        record.log_lines[0] == "readout answered through the CLI (actor bob), recorded as answered"
+    )
+
+
+def test_the_connection_is_prefects_client_settings_from_the_environment() -> None:
+    assert connection_from_env({}) is None
+
+    plain = connection_from_env({"PREFECT_API_URL": "http://p:4200/api"})
+    assert plain == PrefectConnection("http://p:4200/api", {}, True)
+
+    both = connection_from_env(
+        {
+            "PREFECT_API_URL": "https://p/api",
+            "PREFECT_API_AUTH_STRING": "admin:pass",
+            "PREFECT_API_KEY": "pnu_key",
+            "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true",
+            "PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Tenant": "dalp"}',
+        }
+    )
+    assert both is not None and both.verify is False
+    assert both.headers == {
+        "X-Tenant": "dalp",
+        "Authorization": "Basic " + base64.b64encode(b"admin:pass").decode(),
+    }  # the auth string wins over the key, as in Prefect's client
+
+    keyed = connection_from_env({"PREFECT_API_URL": "https://p/api", "PREFECT_API_KEY": "pnu_key"})
+    assert keyed is not None and keyed.headers == {"Authorization": "Bearer pnu_key"}
+
+
+def test_a_cert_file_makes_a_verifying_context() -> None:
+    import certifi
+
+    found = connection_from_env(
+        {"PREFECT_API_URL": "https://p/api", "PREFECT_API_SSL_CERT_FILE": certifi.where()}
+    )
+    assert found is not None and isinstance(found.verify, ssl.SSLContext)
+    assert found.verify.verify_mode == ssl.CERT_REQUIRED
+
+
+# --- how it talks to Prefect (faults) -----------------------------------------------------------
+
+
+class FakePrefect:
+    """Just enough of Prefect's API for the faults below; ``fail`` decides per request."""
+
+    def __init__(self, fail: Callable[[httpx.Request, int], httpx.Response | None]) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+        self.runs: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request.url.path)
+        failed = self.fail(request, self.calls.count(request.url.path))
+        if failed is not None:
+            return failed
+        path = request.url.path
+        if path.endswith("/flows/"):
+            return httpx.Response(200, json={"id": "flow-1"})
+        if path.endswith("/flow_runs/"):
+            self.runs.append(json.loads(request.content))
+            return httpx.Response(201, json={"id": "run-1"})
+        if path.endswith("/set_state"):
+            return httpx.Response(201, json={"status": "ACCEPT"})
+        if path.endswith("/events"):
+            return httpx.Response(204)
+        return httpx.Response(201, json={})
+
+
+def recorder_on(fake: FakePrefect) -> RunRecorder:
+    recorder = RunRecorder(PrefectConnection("http://prefect.test/api"))
+    recorder._http = httpx.AsyncClient(  # noqa: SLF001 - the transport is the fault
+        base_url="http://prefect.test/api/", transport=httpx.MockTransport(fake)
+    )
+    return recorder
+
+
+def a_record() -> RunRecord:
+    return doctor_run_record(
+        AnsweredReadout(readout(failed_key="k2"), None, "r"),
+        source="CLI",
+        actor="a",
+        service_url=None,
+    )
+
+
+async def test_a_busy_prefect_is_asked_again_and_the_run_is_created_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("restate_recovery.run_record.RETRY_DELAYS_SECONDS", (0.0, 0.0))
+
+    def busy_twice(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if request.url.path.endswith("/flow_runs/") and nth <= 2:
+            return httpx.Response(503, json={"detail": "busy"})
+        return None
+
+    fake = FakePrefect(busy_twice)
+    recorder = recorder_on(fake)
+    assert await recorder.record(a_record()) == "run-1"
+    await recorder.aclose()
+    assert fake.calls.count("/api/flow_runs/") == 3
+    keys = {run["idempotency_key"] for run in fake.runs}
+    assert len(keys) == 1  # the same key each time: Prefect answers a retried create with one run
+
+
+async def test_a_server_error_is_not_retried_and_says_no_run_was_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("restate_recovery.run_record.RETRY_DELAYS_SECONDS", (0.0, 0.0))
+
+    def broken(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if request.url.path.endswith("/flow_runs/"):
+            return httpx.Response(500, json={"detail": "boom"})
+        return None
+
+    fake = FakePrefect(broken)
+    recorder = recorder_on(fake)
+    with pytest.raises(RecordError, match="no flow run was created") as raised:
+        await recorder.record(a_record())
+    await recorder.aclose()
+    assert raised.value.flow_run_id is None
+    assert fake.calls.count("/api/flow_runs/") == 1
+
+
+async def test_a_record_cut_short_marks_its_run_crashed_and_names_it() -> None:
+    def no_artifacts(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if request.url.path.endswith("/artifacts/"):
+            return httpx.Response(500, json={"detail": "boom"})
+        return None
+
+    fake = FakePrefect(no_artifacts)
+    recorder = recorder_on(fake)
+    with pytest.raises(RecordError, match="run-1 was not fully recorded") as raised:
+        await recorder.record(a_record())
+    await recorder.aclose()
+    assert raised.value.flow_run_id == "run-1"
+    assert fake.calls.count("/api/flow_runs/run-1/set_state") == 2  # Completed, then Crashed
+
+
+# --- the run it leaves in a real Prefect server -------------------------------------------------
+
+
+async def prefect_get(server: PrefectServer, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=server.api_url + "/", timeout=10) as http:
+        response = await http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+
+async def prefect_filter(server: PrefectServer, path: str, body: Any) -> Any:
+    async with httpx.AsyncClient(base_url=server.api_url + "/", timeout=10) as http:
+        response = await http.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.mark.prefect
+async def test_an_answered_readout_becomes_a_completed_restate_doctor_run(
+    prefect_server: PrefectServer,
+) -> None:
+    answered = AnsweredReadout(readout(failed_key="k3", version="9.9.9-answered"), None, "rq")
+    record = doctor_run_record(answered, source="operator API", actor="carol", service_url=None)
+    recorder = RunRecorder()  # PREFECT_API_URL of the session's server, from the environment
+
+    run_id = await recorder.record(record)
+    await recorder.aclose()
+
+    run = await prefect_get(prefect_server, f"flow_runs/{run_id}")
+    flow = await prefect_get(prefect_server, f"flows/{run['flow_id']}")
+    assert (flow["name"], run["name"], run["parameters"]) == ("restate-doctor",) * 2 + ({},)
+    assert (run["state_type"], run["tags"]) == ("COMPLETED", ["via:operator API"])
+    assert run["start_time"] is not None and run["end_time"] >= run["start_time"]
+    (artifact,) = await prefect_filter(
+        prefect_server, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    )
+    assert (artifact["key"], artifact["type"]) == ("restate-doctor", "markdown")
+    assert artifact["data"] == readout_markdown(answered.unwrap())
+    logs = await prefect_filter(
+        prefect_server, "logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}}
+    )
+    assert [line["message"] for line in logs] == record.log_lines
+
+    # the finding's event, related to the run, for the automations (Prefect stores it shortly)
+    deadline = time.monotonic() + 20
+    wanted = {"related": {"id": [f"prefect.flow-run.{run_id}"]}}
+    while True:
+        found = await prefect_filter(prefect_server, "events/filter", {"filter": wanted})
+        if found["events"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    events = [e for e in found["events"] if e["event"].startswith("restate.")]
+    assert [(e["event"], e["resource"]["prefect.resource.id"]) for e in events] == [
+        ("restate.doctor.workflow.terminal-failed", "restate.workflow.IdentityRecoveryWorkflow.k3")
+    ]
+    assert events[0]["payload"]["serviceKey"] == "k3"
+
+
+@pytest.mark.prefect
+async def test_an_answered_error_becomes_a_failed_run_with_the_code(
+    prefect_server: PrefectServer,
+) -> None:
+    error = AdminUnreachableError("RESTATE_ADMIN_URL is not set")
+    record = doctor_run_record(
+        AnsweredReadout(None, error, None), source="CLI", actor="dan", service_url=None
+    )
+    recorder = RunRecorder()
+
+    run_id = await recorder.record(record)
+    await recorder.aclose()
+
+    run = await prefect_get(prefect_server, f"flow_runs/{run_id}")
+    assert run["state_type"] == "FAILED"
+    assert run["state"]["message"].startswith("RESTATE_ADMIN_UNREACHABLE: ")
+    artifacts = await prefect_filter(
+        prefect_server, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    )
+    assert artifacts == []
