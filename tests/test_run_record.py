@@ -104,7 +104,7 @@ def test_the_connection_is_prefects_client_settings_from_the_environment() -> No
     assert connection_from_env({}) is None
 
     plain = connection_from_env({"PREFECT_API_URL": "http://p:4200/api"})
-    assert plain == PrefectConnection("http://p:4200/api", {}, True)
+    assert plain == PrefectConnection("http://p:4200/api", {}, True, max_retries=5)
 
     both = connection_from_env(
         {
@@ -113,9 +113,10 @@ def test_the_connection_is_prefects_client_settings_from_the_environment() -> No
             "PREFECT_API_KEY": "pnu_key",
             "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true",
             "PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Tenant": "dalp"}',
+            "PREFECT_CLIENT_MAX_RETRIES": "0",
         }
     )
-    assert both is not None and both.verify is False
+    assert both is not None and both.verify is False and both.max_retries == 0
     assert both.headers == {
         "X-Tenant": "dalp",
         "Authorization": "Basic " + base64.b64encode(b"admin:pass").decode(),
@@ -184,7 +185,7 @@ def a_record() -> RunRecord:
 async def test_a_busy_prefect_is_asked_again_and_the_run_is_created_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("restate_recovery.run_record.RETRY_DELAYS_SECONDS", (0.0, 0.0))
+    monkeypatch.setattr("restate_recovery.run_record.BACKOFF_BASE_SECONDS", 0.0)
 
     def busy_twice(request: httpx.Request, nth: int) -> httpx.Response | None:
         if request.url.path.endswith("/flow_runs/") and nth <= 2:
@@ -203,7 +204,7 @@ async def test_a_busy_prefect_is_asked_again_and_the_run_is_created_once(
 async def test_a_server_error_is_not_retried_and_says_no_run_was_created(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("restate_recovery.run_record.RETRY_DELAYS_SECONDS", (0.0, 0.0))
+    monkeypatch.setattr("restate_recovery.run_record.BACKOFF_BASE_SECONDS", 0.0)
 
     def broken(request: httpx.Request, nth: int) -> httpx.Response | None:
         if request.url.path.endswith("/flow_runs/"):
@@ -217,6 +218,51 @@ async def test_a_server_error_is_not_retried_and_says_no_run_was_created(
     await recorder.aclose()
     assert raised.value.flow_run_id is None
     assert fake.calls.count("/api/flow_runs/") == 1
+
+
+async def test_a_prefect_never_reached_fails_at_once_one_that_answered_before_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("restate_recovery.run_record.BACKOFF_BASE_SECONDS", 0.0)
+    refusing = {"on": True}
+
+    def refused(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if refusing["on"]:
+            raise httpx.ConnectError("refused", request=request)
+        return None
+
+    fake = FakePrefect(refused)
+    recorder = recorder_on(fake)
+    with pytest.raises(RecordError, match="ConnectError"):
+        await recorder.record(a_record())
+    assert fake.calls == ["/api/flows/"]  # a wrong or down server: no waiting
+
+    refusing["on"] = False
+    assert await recorder.record(a_record()) == "run-1"
+    refusing["on"] = True
+    fake.calls.clear()
+    with pytest.raises(RecordError):
+        await recorder.record(a_record())
+    await recorder.aclose()
+    assert fake.calls == ["/api/flow_runs/"] * 6  # it answered before: a restart, 5 retries
+
+
+async def test_a_server_with_csrf_protection_gets_its_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def wants_token(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if request.url.path.endswith("/csrf-token"):
+            assert request.url.params["client"]
+            return httpx.Response(200, json={"token": "t0k", "expiration": "2099-01-01T00:00:00Z"})
+        if request.headers.get("Prefect-Csrf-Token") != "t0k":
+            return httpx.Response(403, json={"detail": "Missing CSRF token."})
+        return None
+
+    fake = FakePrefect(wants_token)
+    recorder = recorder_on(fake)
+    assert await recorder.record(a_record()) == "run-1"
+    await recorder.aclose()
+    assert fake.calls.count("/api/csrf-token") == 1
 
 
 async def test_a_record_cut_short_marks_its_run_crashed_and_names_it() -> None:

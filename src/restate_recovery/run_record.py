@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
+import random
 import ssl
 import uuid
 from collections.abc import Mapping
@@ -33,14 +35,30 @@ import httpx
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
 
+logger = logging.getLogger(__name__)
+
 FLOW_NAME = "restate-doctor"
 ARTIFACT_KEY = "restate-doctor"
 ARTIFACT_DESCRIPTION = "Restate doctor readout"
 LOGGER_NAME = "prefect.flow_runs"  # the logger of a flow run's own lines in the UI
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-# Only what never reached Prefect, or what it refused before doing anything, is tried again.
-RETRY_DELAYS_SECONDS = (0.25, 1.0)
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Retried as Prefect's own client retries them (``prefect.client.base``): these statuses (a busy
+# SQLite-backed server answers 503) and transport errors, after 2, 4, 8, ... s (±20 %) or the
+# server's Retry-After, up to ``PREFECT_CLIENT_MAX_RETRIES`` times (default 5); a refused
+# connection only once the server has answered before, so a wrong or down server fails at once.
+RETRY_STATUSES = frozenset({408, 429, 502, 503})
+RETRY_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ReadTimeout,
+    httpx.PoolTimeout,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.LocalProtocolError,
+)
+BACKOFF_BASE_SECONDS = 2.0
+DEFAULT_MAX_RETRIES = 5
+_jitter = random.Random()  # not the global generator: tests and libraries share that one
 INFO = 20
 
 
@@ -62,6 +80,7 @@ class PrefectConnection:
     api_url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     verify: ssl.SSLContext | bool = True
+    max_retries: int = DEFAULT_MAX_RETRIES
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -84,6 +103,7 @@ def connection(
     skip_verify: bool = False,
     cert_file: str | None = None,
     custom_headers: Mapping[str, str] | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> PrefectConnection:
     """The connection Prefect's client would make with these settings (auth string first)."""
     headers = dict(custom_headers or {})
@@ -97,7 +117,7 @@ def connection(
         verify = False
     elif cert_file:
         verify = ssl.create_default_context(cafile=cert_file)
-    return PrefectConnection(api_url=api_url, headers=headers, verify=verify)
+    return PrefectConnection(api_url, headers, verify, max_retries)
 
 
 def connection_from_env(environ: Mapping[str, str] = os.environ) -> PrefectConnection | None:
@@ -113,6 +133,7 @@ def connection_from_env(environ: Mapping[str, str] = os.environ) -> PrefectConne
         skip_verify=_truthy(environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")),
         cert_file=environ.get("PREFECT_API_SSL_CERT_FILE"),
         custom_headers=json.loads(raw_headers) if raw_headers else None,
+        max_retries=int(environ.get("PREFECT_CLIENT_MAX_RETRIES") or DEFAULT_MAX_RETRIES),
     )
 
 
@@ -138,6 +159,7 @@ def connection_from_prefect() -> PrefectConnection:
         skip_verify=settings.api.tls_insecure_skip_verify,
         cert_file=settings.api.ssl_cert_file,
         custom_headers=settings.client.custom_headers,
+        max_retries=settings.client.max_retries,
     )
 
 
@@ -172,6 +194,13 @@ def doctor_run_record(
     return RunRecord([f"via:{source}"], lines, readout_markdown(readout), findings, state)
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -183,6 +212,8 @@ class RunRecorder:
         self._connection = connection
         self._http: httpx.AsyncClient | None = None
         self._flow_id: str | None = None
+        self._connected = False  # Prefect has answered once
+        self._csrf: dict[str, str] = {}
 
     async def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -194,18 +225,51 @@ class RunRecorder:
         return self._http
 
     async def _post(self, http: httpx.AsyncClient, path: str, body: Any) -> Any:
-        for delay in (*RETRY_DELAYS_SECONDS, None):
+        max_retries = self._connection.max_retries if self._connection else DEFAULT_MAX_RETRIES
+        tries, csrf_renewed = 0, False
+        while True:
+            retry_errors = RETRY_ERRORS + ((httpx.ConnectError,) if self._connected else ())
             try:
-                response = await http.post(path, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                if delay is None:
+                response = await http.post(path, json=body, headers=self._csrf)
+            except retry_errors as exc:
+                why = type(exc).__name__
+                tries += 1
+                if tries > max_retries:
                     raise
+                delay = None
             else:
-                if response.status_code not in RETRY_STATUSES or delay is None:
+                self._connected = True
+                if (
+                    response.status_code == 403
+                    and "CSRF token" in response.text
+                    and not csrf_renewed
+                ):
+                    csrf_renewed = await self._renew_csrf(http)
+                    if csrf_renewed:
+                        continue
+                if response.status_code not in RETRY_STATUSES or tries >= max_retries:
                     response.raise_for_status()
                     return response.json() if response.content else None
+                tries += 1
+                why = f"answered {response.status_code}"
+                delay = _retry_after(response)
+            if delay is None:
+                delay = BACKOFF_BASE_SECONDS**tries * _jitter.uniform(0.8, 1.2)
+            logger.debug("Prefect: %s %s, asked again in %.1f s", path, why, delay)
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _renew_csrf(self, http: httpx.AsyncClient) -> bool:
+        """A server with CSRF protection on wants a token with each write (as Prefect's client
+        sends it). False when it hands none out."""
+        client_id = str(uuid.uuid4())
+        response = await http.get("csrf-token", params={"client": client_id})
+        if response.status_code != 200:
+            return False
+        self._csrf = {
+            "Prefect-Csrf-Token": response.json()["token"],
+            "Prefect-Csrf-Client": client_id,
+        }
+        return True
 
     async def record(self, record: RunRecord) -> str:
         """Create the run and fill it; returns its id. Raises ``RecordError``."""
