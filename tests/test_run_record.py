@@ -220,6 +220,21 @@ async def test_a_server_error_is_not_retried_and_says_no_run_was_created(
     assert fake.calls.count("/api/flow_runs/") == 1
 
 
+async def test_credentials_in_prefects_url_never_reach_the_error() -> None:
+    def broken(request: httpx.Request, nth: int) -> httpx.Response | None:
+        return httpx.Response(500, json={"detail": "boom"})
+
+    recorder = RunRecorder(PrefectConnection("http://ops:s3cret@prefect.test/api"))
+    recorder._http = httpx.AsyncClient(  # noqa: SLF001 - the transport is the fault
+        base_url="http://ops:s3cret@prefect.test/api/",
+        transport=httpx.MockTransport(FakePrefect(broken)),
+    )
+    with pytest.raises(RecordError) as raised:
+        await recorder.record(a_record())
+    await recorder.aclose()
+    assert "s3cret" not in str(raised.value) and "prefect.test" in str(raised.value)
+
+
 async def test_a_prefect_never_reached_fails_at_once_one_that_answered_before_is_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -34,6 +34,7 @@ import httpx
 
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
+from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -290,15 +295,14 @@ class RunRecorder:
                 },
             )
         except Exception as exc:
-            raise RecordError(f"no flow run was created: {type(exc).__name__}: {exc}") from exc
+            raise RecordError(redact_url(f"no flow run was created: {_describe(exc)}")) from exc
         run_id: str = created["id"]
         try:
             await self._fill(http, run_id, record)
         except Exception as exc:
             await self._mark_crashed(http, run_id)
-            raise RecordError(
-                f"flow run {run_id} was not fully recorded: {type(exc).__name__}: {exc}", run_id
-            ) from exc
+            message = f"flow run {run_id} was not fully recorded: {_describe(exc)}"
+            raise RecordError(redact_url(message), run_id) from exc
         return run_id
 
     async def _fill(self, http: httpx.AsyncClient, run_id: str, record: RunRecord) -> None:
