@@ -41,6 +41,7 @@ class FaultProxy:
     rules: dict[tuple[str, str], Fault] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     seen: list[str] = field(default_factory=list)
+    peers: list[tuple[str, int]] = field(default_factory=list)  # (path, client port) per request
 
     @property
     def url(self) -> str:
@@ -67,6 +68,7 @@ class FaultProxy:
                 break
         method, path = scope["method"], scope["path"]
         self.seen.append(f"{method} {path}")
+        self.peers.append((path, scope["client"][1]))
         fault = self.fault_for(method, path)
         if fault is not None:
             if fault.hook is not None:
@@ -121,8 +123,15 @@ class FaultProxy:
 
 
 @contextmanager
-def running(proxy: FaultProxy) -> Iterator[FaultProxy]:
-    config = uvicorn.Config(proxy, host="127.0.0.1", port=proxy.port, log_level="critical")
+def running(proxy: FaultProxy, *, keep_alive: float = 5.0) -> Iterator[FaultProxy]:
+    """Serve the proxy; ``keep_alive``: how long it keeps an idle client connection open."""
+    config = uvicorn.Config(
+        proxy,
+        host="127.0.0.1",
+        port=proxy.port,
+        log_level="critical",
+        timeout_keep_alive=int(keep_alive),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

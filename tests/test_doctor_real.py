@@ -14,6 +14,7 @@ from restate_recovery.doctor import Endpoints, ProbeClients, resolve_endpoints, 
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.settings import Settings
 from tests.conftest import RestateStack
+from tests.fault_proxy import FaultProxy, running
 from tests.helpers import black_hole_url, closed_port_url
 
 pytestmark = pytest.mark.restate
@@ -218,3 +219,46 @@ async def test_kept_clients_reconnect_after_restate_restarts(
         assert {name: part.status for name, part in readout} == dict.fromkeys(
             ("ingress", "admin", "deployments", "services", "invocations"), "ok"
         )
+
+
+SMALL_ADMIN_PROBES = ("/health", "/version", "/deployments", "/services")
+
+
+async def test_kept_clients_reuse_connections_idle_longer_than_httpx_default(
+    restate: RestateStack,
+) -> None:
+    """An operator asking again after 6 s gets the connections of the last call (httpx alone
+    would have dropped them after 5 s)."""
+    with running(FaultProxy(upstream=restate.admin_url), keep_alive=60) as proxy:
+        target = endpoints(proxy.url, restate.ingress_url)
+        clients = ProbeClients(target)
+        try:
+            await run_doctor(target, clients=clients)
+            first = {port for path, port in proxy.peers if path in SMALL_ADMIN_PROBES}
+            proxy.peers.clear()
+            await asyncio.sleep(6)
+            again = await run_doctor(target, clients=clients)
+        finally:
+            await clients.aclose()
+    assert {p.status for _, p in again} == {"ok"}
+    second = {port for path, port in proxy.peers if path in SMALL_ADMIN_PROBES}
+    assert second and second <= first
+
+
+async def test_connections_the_server_closed_while_idle_are_not_reported_as_failures(
+    restate: RestateStack,
+) -> None:
+    """A proxy in front of Restate that drops idle connections sooner than the doctor keeps
+    them: the next call opens new ones, and nothing is reported unhealthy."""
+    with running(FaultProxy(upstream=restate.admin_url), keep_alive=1) as proxy:
+        target = endpoints(proxy.url, restate.ingress_url)
+        clients = ProbeClients(target)
+        try:
+            readouts = []
+            for _ in range(3):
+                readouts.append(await run_doctor(target, clients=clients))
+                await asyncio.sleep(2)
+        finally:
+            await clients.aclose()
+    for readout in readouts:
+        assert {p.status for _, p in readout} == {"ok"}

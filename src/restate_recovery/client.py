@@ -105,25 +105,40 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class RestateAdminClient:
-    """Async client over one Restate admin API base URL."""
+# /query goes out on a new connection each time, closed after its answer: an answer on a reused
+# keep-alive connection arrived about 40 ms late (TCP delayed ACK; docs/performance.md), and a query
+# must not take the warm connections the other calls keep (a fresh loopback one costs under 1 ms).
+QUERY_LIMITS = httpx.Limits(max_keepalive_connections=0)
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+
+class RestateAdminClient:
+    """Async client over one Restate admin API base URL. ``queries`` carries ``/query`` (by
+    default the same client)."""
+
+    def __init__(self, http: httpx.AsyncClient, queries: httpx.AsyncClient | None = None) -> None:
         self._http = http
+        self._queries = queries or http
 
     @classmethod
     def connect(
-        cls, base_url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        base_url: str,
+        *,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - immutable
     ) -> Self:
-        return cls(
-            httpx.AsyncClient(
+        def client(limits: httpx.Limits) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
                 base_url=base_url.rstrip("/"),
                 timeout=httpx.Timeout(timeout),
                 transport=transport,
                 follow_redirects=False,
                 verify=tls_context(),
+                limits=limits,
             )
-        )
+
+        return cls(client(limits), queries=client(QUERY_LIMITS))
 
     async def __aenter__(self) -> Self:
         return self
@@ -137,7 +152,11 @@ class RestateAdminClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            if self._queries is not self._http:
+                await self._queries.aclose()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -151,9 +170,10 @@ class RestateAdminClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         on_sent: Callable[[], None] | None = None,
+        queries: bool = False,
     ) -> httpx.Response:
         return await send(
-            self._http,
+            self._queries if queries else self._http,
             method,
             path,
             json_body=json_body,
@@ -247,12 +267,11 @@ class RestateAdminClient:
             "POST",
             Routes.query,
             json_body={"query": sql},
-            # accept: exactly this, or Restate answers Arrow. connection: close, because a /query
-            # answer on a reused keep-alive connection arrives about 40 ms late (TCP delayed ACK;
-            # docs/performance.md): a fresh loopback connection costs well under 1 ms.
+            # accept: exactly this, or Restate answers Arrow. connection: close: see QUERY_LIMITS.
             headers={"accept": "application/json", "connection": "close"},
             timeout=timeout,
             on_sent=on_sent,
+            queries=True,
         )
         return self._parse(QueryResult, response).rows
 
