@@ -122,7 +122,9 @@ def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     """The embedded default: no PREFECT_API_URL, a brand-new PREFECT_HOME, which starts from a
     copy of the pre-migrated database."""
     home = tmp_path / "fresh-prefect-home"
-    env = cli_env(restate, PREFECT_HOME=str(home))
+    env = cli_env(
+        restate, PREFECT_HOME=str(home), RECOVERY_DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}"
+    )
     env.pop("PREFECT_API_URL", None)
 
     result = run_cli("doctor", "--json", env=env)
@@ -131,7 +133,8 @@ def test_doctor_works_with_no_prefect_server_on_a_fresh_prefect_home(
     assert json.loads(result.stdout)["admin"]["status"] == "ok"
     assert "note: PREFECT_API_URL is not set" in result.stderr
     assert "starts from the pre-migrated database" in result.stderr
-    assert "not recorded" not in result.stderr  # recorded in the temporary server
+    (row,) = json.loads(run_cli("audit", "list", "--json", env=env).stdout)
+    assert row["flowRunId"] is not None  # recorded in the temporary server
     assert (home / "prefect.db").stat().st_size > 0
 
 

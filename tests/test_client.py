@@ -151,3 +151,32 @@ async def test_state_write_targets_the_service_and_key() -> None:
         await client.set_state(service_name="W", service_key="k1", new_state={})
     assert seen[0].url.path == "/services/W/state"
     assert json.loads(seen[0].content) == {"object_key": "k1", "new_state": {}}
+
+
+async def test_a_get_on_a_connection_closed_under_it_is_asked_once_more_a_write_never() -> None:
+    calls: list[str] = []
+
+    def dropped_once(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) == 1 or request.method != "GET":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"deployments": []})
+
+    client = client_for(dropped_once)
+    assert await client.list_deployments() == []
+    assert calls == ["GET", "GET"]
+
+    calls.clear()
+    with pytest.raises(RestateUnreachable):
+        await client.kill_invocation("inv_1dsdNV5sSgLN1ccNEbbLdYZ6ZGdZgZKBMF")
+    assert calls == ["PATCH"]
+
+    calls.clear()
+
+    def always_dropped(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    with pytest.raises(RestateUnreachable):
+        await client_for(always_dropped).list_deployments()
+    assert calls == ["GET", "GET"]  # once more, not forever

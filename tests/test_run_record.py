@@ -145,10 +145,11 @@ class FakePrefect:
     def __init__(self, fail: Callable[[httpx.Request, int], httpx.Response | None]) -> None:
         self.fail = fail
         self.calls: list[str] = []
-        self.runs: list[dict[str, Any]] = []
+        self.bodies: list[Any] = []  # every request's body, refused or not
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls.append(request.url.path)
+        self.bodies.append(json.loads(request.content) if request.content else None)
         failed = self.fail(request, self.calls.count(request.url.path))
         if failed is not None:
             return failed
@@ -156,7 +157,6 @@ class FakePrefect:
         if path.endswith("/flows/"):
             return httpx.Response(200, json={"id": "flow-1"})
         if path.endswith("/flow_runs/"):
-            self.runs.append(json.loads(request.content))
             return httpx.Response(201, json={"id": "run-1"})
         if path.endswith("/set_state"):
             return httpx.Response(201, json={"status": "ACCEPT"})
@@ -197,7 +197,10 @@ async def test_a_busy_prefect_is_asked_again_and_the_run_is_created_once(
     assert await recorder.record(a_record()) == "run-1"
     await recorder.aclose()
     assert fake.calls.count("/api/flow_runs/") == 3
-    keys = {run["idempotency_key"] for run in fake.runs}
+    creates = [
+        b for path, b in zip(fake.calls, fake.bodies, strict=True) if path.endswith("/flow_runs/")
+    ]
+    keys = {create["idempotency_key"] for create in creates}
     assert len(keys) == 1  # the same key each time: Prefect answers a retried create with one run
 
 
@@ -292,7 +295,12 @@ async def test_a_record_cut_short_marks_its_run_crashed_and_names_it() -> None:
         await recorder.record(a_record())
     await recorder.aclose()
     assert raised.value.flow_run_id == "run-1"
-    assert fake.calls.count("/api/flow_runs/run-1/set_state") == 2  # Completed, then Crashed
+    states = [
+        (b["state"]["type"], b.get("force", False))
+        for path, b in zip(fake.calls, fake.bodies, strict=True)
+        if path.endswith("/set_state")
+    ]
+    assert states == [("COMPLETED", False), ("CRASHED", True)]  # the cut-short run is marked
 
 
 # --- the run it leaves in a real Prefect server -------------------------------------------------

@@ -295,6 +295,11 @@ class RestateAdminClient:
         )
 
 
+# What a kept-alive connection the server (or a proxy) closed just as it was reused looks like. A
+# GET changes nothing, so it is asked once more (a new connection) before anything is reported.
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 async def send(
     http: httpx.AsyncClient,
     method: str,
@@ -313,12 +318,19 @@ async def send(
         extra["timeout"] = httpx.Timeout(timeout)
     if on_sent is not None:
         extra["extensions"] = {"trace": _call_when_sent(on_sent)}
-    try:
-        response = await http.request(
-            method, path, json=json_body, params=params, headers=headers, **extra
-        )
-    except httpx.TransportError as exc:
-        raise RestateUnreachable(_transport_message(exc), method, path) from exc
+    tries = 2 if method == "GET" else 1
+    while True:
+        tries -= 1
+        try:
+            response = await http.request(
+                method, path, json=json_body, params=params, headers=headers, **extra
+            )
+            break
+        except httpx.TransportError as exc:
+            if tries and isinstance(exc, STALE_CONNECTION):
+                logger.info("%s %s: %s, asking once more", method, path, type(exc).__name__)
+                continue
+            raise RestateUnreachable(_transport_message(exc), method, path) from exc
     if response.status_code >= 400:
         message, restate_code = _error_message(response)
         logger.info("%s %s -> %s %s", method, path, response.status_code, message)

@@ -308,10 +308,12 @@ class DoctorRecorder:
 
     async def aclose(self) -> None:
         """Close the probes' and Prefect's clients (after ``drain``)."""
-        await self._runs.aclose()
-        if self._clients is not None:
-            clients, self._clients = self._clients, None
-            await clients.aclose()
+        try:
+            await self._runs.aclose()
+        finally:
+            if self._clients is not None:
+                clients, self._clients = self._clients, None
+                await clients.aclose()
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for the answers still being recorded."""

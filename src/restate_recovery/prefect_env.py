@@ -68,6 +68,6 @@ def configure(*, announce: bool = True) -> bool:
             + ("; this PREFECT_HOME starts from the pre-migrated database" if seeded else "")
             + "; a new PREFECT_HOME with no pre-migrated copy also migrates, about 20 s more). "
             "Point PREFECT_API_URL at a running Prefect server to record the run there "
-            "in well under a second.\n"
+            "instead.\n"
         )
     return False

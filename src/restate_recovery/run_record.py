@@ -4,7 +4,8 @@ The operator API and the CLI probe once and answer at once. What is left is to p
 readout in Prefect's run history, the way a ``restate-doctor`` run of the engine shows it: a flow
 run named ``restate-doctor`` (Running, then Completed; Failed with the error when the admin URL was
 unusable), the readout as its ``restate-doctor`` markdown artifact, its log lines, and one event
-per finding, related to the run, for the automations. That is five requests, about 0.1-0.2 s.
+per finding, related to the run, for the automations. That is six requests in three round trips,
+about 0.2 s.
 Running the flow for it cost the CLI an import of Prefect (about 2 s on these machines) and the
 engine's own work (about 1 s), after the answer (docs/performance.md).
 
@@ -21,13 +22,14 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import os
 import random
 import ssl
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -58,9 +60,9 @@ RETRY_ERRORS: tuple[type[Exception], ...] = (
     httpx.LocalProtocolError,
 )
 BACKOFF_BASE_SECONDS = 2.0
+MAX_RETRY_AFTER_SECONDS = 60.0
 DEFAULT_MAX_RETRIES = 5
 _jitter = random.Random()  # not the global generator: tests and libraries share that one
-INFO = 20
 
 
 class RecordError(Exception):
@@ -196,18 +198,16 @@ def doctor_run_record(
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """The server's Retry-After in seconds (bounded), or None."""
     try:
-        return max(0.0, float(response.headers["Retry-After"]))
+        seconds = float(response.headers["Retry-After"])
     except (KeyError, ValueError):
         return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
 
 
 def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    return str(exc) if isinstance(exc, RecordError) else f"{type(exc).__name__}: {exc}"
 
 
 class RunRecorder:
@@ -219,15 +219,17 @@ class RunRecorder:
         self._flow_id: str | None = None
         self._connected = False  # Prefect has answered once
         self._csrf: dict[str, str] = {}
+        self._opening = asyncio.Lock()
 
     async def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            found = self._connection or connection_from_env()
-            if found is None:
-                found = await asyncio.to_thread(connection_from_prefect)
-            self._connection = found
-            self._http = found.client()
-        return self._http
+        async with self._opening:  # records at once must not start two temporary servers
+            if self._http is None:
+                found = self._connection or connection_from_env()
+                if found is None:
+                    found = await asyncio.to_thread(connection_from_prefect)
+                self._connection = found
+                self._http = found.client()
+            return self._http
 
     async def _post(self, http: httpx.AsyncClient, path: str, body: Any) -> Any:
         max_retries = self._connection.max_retries if self._connection else DEFAULT_MAX_RETRIES
@@ -294,19 +296,20 @@ class RunRecorder:
                     "state": {"type": "RUNNING", "name": "Running"},
                 },
             )
+            run_id: str = created["id"]
         except Exception as exc:
-            raise RecordError(redact_url(f"no flow run was created: {_describe(exc)}")) from exc
-        run_id: str = created["id"]
+            raise RecordError(redact_url(f"no flow run was created: {_describe(exc)}")) from None
         try:
             await self._fill(http, run_id, record)
         except Exception as exc:
             await self._mark_crashed(http, run_id)
             message = f"flow run {run_id} was not fully recorded: {_describe(exc)}"
-            raise RecordError(redact_url(message), run_id) from exc
+            raise RecordError(redact_url(message), run_id) from None
         return run_id
 
     async def _fill(self, http: httpx.AsyncClient, run_id: str, record: RunRecord) -> None:
-        now = _now()
+        started = datetime.now(UTC)
+        now = started.isoformat()
         related = [
             {
                 "prefect.resource.id": f"prefect.flow-run.{run_id}",
@@ -322,12 +325,12 @@ class RunRecorder:
         logs = [
             {
                 "name": LOGGER_NAME,
-                "level": INFO,
+                "level": logging.INFO,
                 "message": line,
-                "timestamp": now,
+                "timestamp": (started + timedelta(microseconds=n)).isoformat(),  # in order
                 "flow_run_id": run_id,
             }
-            for line in record.log_lines
+            for n, line in enumerate(record.log_lines)
         ]
         # All at once: the run exists, and Prefect orders its log lines by their timestamps.
         writes = [self._post(http, "logs/", logs)]
@@ -356,17 +359,23 @@ class RunRecorder:
         results = await asyncio.gather(
             self._post(http, f"flow_runs/{run_id}/set_state", {"state": record.final_state}),
             *writes,
+            return_exceptions=True,  # every request has ended before the run may be marked
         )
-        if results[0]["status"] != "ACCEPT":
-            raise RecordError(f"Prefect did not accept the final state: {results[0]['status']}")
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        final: dict[str, Any] = results[0]  # type: ignore[assignment]
+        if final["status"] != "ACCEPT":
+            raise RecordError(f"Prefect did not accept the final state: {final['status']}")
 
     async def _mark_crashed(self, http: httpx.AsyncClient, run_id: str) -> None:
         """Best effort: a run left Running would look like a doctor still at work."""
         state = {"type": "CRASHED", "name": "Crashed", "message": "the record was cut short"}
+        body = {"state": state, "force": True}
         try:
-            await http.post(f"flow_runs/{run_id}/set_state", json={"state": state, "force": True})
-        except httpx.HTTPError:
-            pass
+            await http.post(f"flow_runs/{run_id}/set_state", json=body, headers=self._csrf)
+        except Exception:  # noqa: BLE001 - best effort; the RecordError says what happened
+            logger.debug("flow run %s could not be marked crashed", run_id)
 
     async def aclose(self) -> None:
         if self._http is not None:
