@@ -1,6 +1,7 @@
 """The doctor's probes as Prefect tasks (one task run per component in the run history).
 
-Reads only. No retries here: a probe's failure is the finding, not something to hide.
+Reads only. No retries here: a probe's failure is the finding, not something to hide (the
+client asks a GET once more only when a kept connection was closed under it).
 ``NO_CACHE``: the inputs are live clients, and a doctor must never answer from a cache.
 """
 

@@ -165,12 +165,8 @@ class FakePrefect:
         return httpx.Response(201, json={})
 
 
-def recorder_on(fake: FakePrefect) -> RunRecorder:
-    recorder = RunRecorder(PrefectConnection("http://prefect.test/api"))
-    recorder._http = httpx.AsyncClient(  # noqa: SLF001 - the transport is the fault
-        base_url="http://prefect.test/api/", transport=httpx.MockTransport(fake)
-    )
-    return recorder
+def recorder_on(fake: FakePrefect, api_url: str = "http://prefect.test/api") -> RunRecorder:
+    return RunRecorder(PrefectConnection(api_url, transport=httpx.MockTransport(fake)))
 
 
 def a_record() -> RunRecord:
@@ -227,11 +223,7 @@ async def test_credentials_in_prefects_url_never_reach_the_error() -> None:
     def broken(request: httpx.Request, nth: int) -> httpx.Response | None:
         return httpx.Response(500, json={"detail": "boom"})
 
-    recorder = RunRecorder(PrefectConnection("http://ops:s3cret@prefect.test/api"))
-    recorder._http = httpx.AsyncClient(  # noqa: SLF001 - the transport is the fault
-        base_url="http://ops:s3cret@prefect.test/api/",
-        transport=httpx.MockTransport(FakePrefect(broken)),
-    )
+    recorder = recorder_on(FakePrefect(broken), "http://ops:s3cret@prefect.test/api")
     with pytest.raises(RecordError) as raised:
         await recorder.record(a_record())
     await recorder.aclose()

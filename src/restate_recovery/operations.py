@@ -207,9 +207,11 @@ class DoctorRecorder:
     ``drain`` waits for the records still pending.
     """
 
-    def __init__(self, *, source: str, max_pending: int, runs: RunRecorder | None = None) -> None:
+    def __init__(
+        self, *, source: str, max_pending: int, recorder: RunRecorder | None = None
+    ) -> None:
         self._source = source
-        self._runs = runs or RunRecorder()
+        self._recorder = recorder or RunRecorder()
         self._recording = asyncio.Semaphore(RECORDS_AT_ONCE)
         self._pending = asyncio.Semaphore(max_pending)
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -289,7 +291,7 @@ class DoctorRecorder:
                 service_url=get_settings().restate_service_url,
             )
             async with self._recording:
-                flow_run_id = await self._runs.record(record)
+                flow_run_id = await self._recorder.record(record)
         except asyncio.CancelledError:
             logger.warning("doctor answer %s was not recorded in Prefect: stopped first", name)
             raise
@@ -309,7 +311,7 @@ class DoctorRecorder:
     async def aclose(self) -> None:
         """Close the probes' and Prefect's clients (after ``drain``)."""
         try:
-            await self._runs.aclose()
+            await self._recorder.aclose()
         finally:
             if self._clients is not None:
                 clients, self._clients = self._clients, None

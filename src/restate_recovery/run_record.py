@@ -84,6 +84,7 @@ class PrefectConnection:
     headers: Mapping[str, str] = field(default_factory=dict)
     verify: ssl.SSLContext | bool = True
     max_retries: int = DEFAULT_MAX_RETRIES
+    transport: httpx.AsyncBaseTransport | None = None  # tests put faults here
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -91,6 +92,7 @@ class PrefectConnection:
             headers=dict(self.headers),
             verify=self.verify,
             timeout=REQUEST_TIMEOUT,
+            transport=self.transport,
         )
 
 
