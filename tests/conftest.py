@@ -7,12 +7,15 @@ with the server's log tail in the error.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 # Before anything imports prefect: a private PREFECT_HOME and the session server's URL.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="restate-recovery-tests-"))
@@ -53,6 +56,37 @@ class RestateStack:
     @property
     def ingress_url(self) -> str:
         return self.server.ingress_url
+
+
+# Libraries that keep threads alive between tests and draw from the global ``random`` there:
+# websockets' keep-alive pings and reconnect delays (Prefect's events client), Prefect's retry
+# and service-loop jitter, uvicorn, SQLAlchemy. Hypothesis reads any change to the global
+# generator during a draw as "a strategy uses random" (a HypothesisDeprecationWarning, an error
+# here), so a ping landing mid-draw failed a property test at random (CI, stop 11).
+BACKGROUND_RANDOM_USERS = ("websockets", "prefect", "uvicorn", "sqlalchemy", "anyio", "httpcore")
+
+
+def own_random() -> SimpleNamespace:
+    """The ``random`` module with every drawing function bound to a private generator."""
+    generator = random.Random()
+    names = {name: getattr(random, name) for name in dir(random) if not name.startswith("_")}
+    for name in list(names):
+        if callable(names[name]) and not isinstance(names[name], type) and hasattr(generator, name):
+            names[name] = getattr(generator, name)
+    return SimpleNamespace(**names)
+
+
+@pytest.fixture
+def background_threads_own_random() -> Iterator[None]:
+    """For Hypothesis tests: every loaded module of those libraries that imported ``random``
+    draws from a private generator while the test runs, so the global one is Hypothesis's."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] in BACKGROUND_RANDOM_USERS and (
+                getattr(module, "random", None) is random
+            ):
+                patch.setattr(module, "random", own_random())
+        yield
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

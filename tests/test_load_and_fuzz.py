@@ -87,6 +87,7 @@ def fuzz(operation: Any, key: str) -> None:
     check()
 
 
+@pytest.mark.usefixtures("background_threads_own_random")
 def test_the_operator_api_against_its_own_openapi_document(
     fuzz_api: tuple[OperatorApi, str],
 ) -> None:

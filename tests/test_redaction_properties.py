@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import random
 import string
 import sys
-from collections.abc import Iterator
+import threading
 from typing import Any
 
 import pytest
+import websockets.asyncio.connection as ws_connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prefect.utilities.math import clamped_poisson_interval
 
 from restate_recovery.redaction import redact_arguments
 from restate_recovery.urls import redact_url
 
-WEBSOCKETS_USING_RANDOM = (
-    "websockets.asyncio.connection",
-    "websockets.sync.connection",
-    "websockets.legacy.protocol",
-    "websockets.legacy.client",
-    "websockets.client",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _websockets_draw_from_their_own_random() -> Iterator[None]:
-    """Earlier tests in this process leave Prefect's events websocket open in a background
-    thread; its keep-alive ping draws from the global ``random``. Landing during a Hypothesis
-    draw, that reads as a strategy using ``random`` (a HypothesisDeprecationWarning, an error
-    here). Those modules, where loaded, get a private generator while these properties run."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in WEBSOCKETS_USING_RANDOM:
-            if name in sys.modules:
-                patch.setattr(sys.modules[name], "random", random.Random())
-        yield
+pytestmark = pytest.mark.usefixtures("background_threads_own_random")
 
 
 # userinfo may hold anything but "/", "?", "#" and spaces: unreserved, sub-delims, ":", "%XX",
@@ -117,3 +99,32 @@ def test_nested_arguments_keep_no_user_information(value: Any) -> None:
 )
 def test_arguments_without_urls_or_secret_keys_survive_unchanged(value: Any) -> None:
     assert redact_arguments(value) == value
+
+
+def test_background_threads_drawing_from_random_leave_hypothesis_alone() -> None:
+    """The fixture's proof: a thread drawing as fast as it can through websockets' and Prefect's
+    ``random`` (a ping, a retry jitter) while Hypothesis draws. Without the fixture this fails
+    with a HypothesisDeprecationWarning on the first examples. (The fixture patches modules
+    loaded when the test starts: a thread already running has its modules loaded.)"""
+    stop = threading.Event()
+
+    def pinger() -> None:
+        while not stop.is_set():
+            ws_connection.random.getrandbits(32)  # type: ignore[attr-defined]
+            clamped_poisson_interval(1.0)
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.text(min_size=20), min_size=20))
+    def draws(values: list[str]) -> None:
+        assert values
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over often, so the thread lands mid-draw
+    thread = threading.Thread(target=pinger, daemon=True)
+    thread.start()
+    try:
+        draws()
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch_interval)
