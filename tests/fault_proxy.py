@@ -42,6 +42,8 @@ class FaultProxy:
     port: int = field(default_factory=free_port)
     seen: list[str] = field(default_factory=list)
     peers: list[tuple[str, int]] = field(default_factory=list)  # (path, client port) per request
+    # Headers every request must carry (an authenticating gateway): 401 for any that lacks one.
+    required_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -69,6 +71,10 @@ class FaultProxy:
         method, path = scope["method"], scope["path"]
         self.seen.append(f"{method} {path}")
         self.peers.append((path, scope["client"][1]))
+        sent = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if any(sent.get(k.lower()) != v for k, v in self.required_headers.items()):
+            await self._respond(send, Fault(status=401, body=b'{"detail": "unauthorized"}'))
+            return
         fault = self.fault_for(method, path)
         if fault is not None:
             if fault.hook is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
 from tests.conftest import RestateStack
+from tests.fault_proxy import FaultProxy, running
 from tests.helpers import closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
@@ -226,6 +227,40 @@ def test_cleanup_cli_not_found_lists_the_registered_urls(
     body = json.loads(result.stdout)
     assert body["code"] == "RESTATE_DEPLOYMENT_NOT_FOUND"
     assert restate.service_url + "/" in body["message"]
+
+
+def test_doctor_records_through_a_gateway_with_the_api_key_kept_in_the_profile(
+    prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
+) -> None:
+    """PREFECT_API_URL in the environment, the API key only in Prefect's active profile (as
+    `prefect config set PREFECT_API_KEY=...` leaves it): Prefect's client would send the key, so
+    the record does too. The gateway in front of Prefect refuses any request without it."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        'active = "ops"\n[profiles.ops]\nPREFECT_API_KEY = "pnu_from_profile"\n'
+    )
+    gateway = FaultProxy(
+        prefect_server.api_url.removesuffix("/api"),
+        required_headers={"Authorization": "Bearer pnu_from_profile"},
+    )
+    with running(gateway):
+        env = cli_env(
+            restate,
+            PREFECT_HOME=str(home),
+            PREFECT_API_URL=f"{gateway.url}/api",
+            RECOVERY_DATABASE_URL=f"sqlite:///{tmp_path / 'audit.db'}",
+        )
+        env.pop("PREFECT_API_KEY", None)
+        result = run_cli("doctor", "--json", env=env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was not recorded in Prefect" not in result.stderr, result.stderr[-3000:]
+    (row,) = json.loads(run_cli("audit", "list", "--json", env=env).stdout)
+    assert row["flowRunId"]
+    run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10).json()
+    assert (run["name"], run["state_type"]) == ("restate-doctor", "COMPLETED")
+    assert any(seen.startswith("POST /api/flow_runs") for seen in gateway.seen)
 
 
 def test_doctor_answers_even_when_its_run_cannot_be_recorded(

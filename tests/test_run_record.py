@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -100,13 +102,18 @@ def test_an_answered_error_is_recorded_as_a_failed_run_without_artifact() -> Non
     )
 
 
-def test_the_connection_is_prefects_client_settings_from_the_environment() -> None:
-    assert connection_from_env({}) is None
+def test_the_connection_is_prefects_client_settings_from_the_environment(tmp_path: Path) -> None:
+    home = {"PREFECT_HOME": str(tmp_path)}  # no profile, and nothing in the working directory
 
-    plain = connection_from_env({"PREFECT_API_URL": "http://p:4200/api"})
+    def from_env(environ: dict[str, str]) -> PrefectConnection | None:
+        return connection_from_env(home | environ, cwd=tmp_path)
+
+    assert from_env({}) is None
+
+    plain = from_env({"PREFECT_API_URL": "http://p:4200/api"})
     assert plain == PrefectConnection("http://p:4200/api", {}, True, max_retries=5)
 
-    both = connection_from_env(
+    both = from_env(
         {
             "PREFECT_API_URL": "https://p/api",
             "PREFECT_API_AUTH_STRING": "admin:pass",
@@ -114,6 +121,7 @@ def test_the_connection_is_prefects_client_settings_from_the_environment() -> No
             "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true",
             "PREFECT_CLIENT_CUSTOM_HEADERS": '{"X-Tenant": "dalp"}',
             "PREFECT_CLIENT_MAX_RETRIES": "0",
+            "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500, 504",
         }
     )
     assert both is not None and both.verify is False and both.max_retries == 0
@@ -121,16 +129,64 @@ def test_the_connection_is_prefects_client_settings_from_the_environment() -> No
         "X-Tenant": "dalp",
         "Authorization": "Basic " + base64.b64encode(b"admin:pass").decode(),
     }  # the auth string wins over the key, as in Prefect's client
+    assert both.retry_statuses == {408, 429, 500, 502, 503, 504}
 
-    keyed = connection_from_env({"PREFECT_API_URL": "https://p/api", "PREFECT_API_KEY": "pnu_key"})
+    keyed = from_env({"PREFECT_API_URL": "https://p/api", "PREFECT_API_KEY": "pnu_key"})
     assert keyed is not None and keyed.headers == {"Authorization": "Bearer pnu_key"}
 
 
-def test_a_cert_file_makes_a_verifying_context() -> None:
+URL_ONLY = {"PREFECT_API_URL": "https://p/api"}
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "read_through_prefect"),
+    [
+        ("profiles.toml", 'active = "ops"\n[profiles.ops]\nPREFECT_API_KEY = "pnu_k"\n', True),
+        # The environment's URL wins over the profile's: nothing else there, so the fast path.
+        ("profiles.toml", 'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://x"\n', False),
+        ("profiles.toml", '[profiles.ops]\nPREFECT_API_KEY = "pnu_k"\n', False),  # not active
+        ("profiles.toml", "not toml [", False),  # Prefect warns and ignores it too
+        (".env", "# ops\nexport PREFECT_API_AUTH_STRING=admin:pass\n", True),
+        (".env", "DATABASE_URL=postgres://x\n", False),
+        ("prefect.toml", "[api]\nkey = 'pnu_k'\n", True),
+        ("pyproject.toml", "[tool.prefect.api]\nkey = 'pnu_k'\n", True),
+        ("pyproject.toml", "[tool.ruff]\nline-length = 100\n", False),
+    ],
+)
+def test_a_setting_prefect_would_find_elsewhere_sends_the_record_through_prefects_settings(
+    tmp_path: Path, where: str, text: str, read_through_prefect: bool
+) -> None:
+    """An API key kept in the active profile (or a .env, prefect.toml, [tool.prefect]) while the
+    URL is in the environment: Prefect's client would use both, so the record must too."""
+    (tmp_path / where).write_text(text)
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path)}
+
+    found = connection_from_env(environ, cwd=tmp_path)
+
+    assert (found is None) is read_through_prefect
+
+
+def test_the_profile_is_found_as_prefect_finds_it(tmp_path: Path) -> None:
+    profiles = tmp_path / "elsewhere.toml"
+    profiles.write_text('active = "a"\n[profiles.a]\n[profiles.b]\nPREFECT_API_KEY = "k"\n')
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILES_PATH": str(profiles)}
+
+    assert connection_from_env(environ, cwd=tmp_path) is not None  # "a" holds nothing
+    chosen = environ | {"PREFECT_PROFILE": "b"}
+    assert connection_from_env(chosen, cwd=tmp_path) is None
+    assert connection_from_env(chosen | {"PREFECT_API_KEY": "k2"}, cwd=tmp_path) is not None
+
+
+def test_a_cert_file_makes_a_verifying_context(tmp_path: Path) -> None:
     import certifi
 
     found = connection_from_env(
-        {"PREFECT_API_URL": "https://p/api", "PREFECT_API_SSL_CERT_FILE": certifi.where()}
+        {
+            "PREFECT_API_URL": "https://p/api",
+            "PREFECT_API_SSL_CERT_FILE": certifi.where(),
+            "PREFECT_HOME": str(tmp_path),
+        },
+        cwd=tmp_path,
     )
     assert found is not None and isinstance(found.verify, ssl.SSLContext)
     assert found.verify.verify_mode == ssl.CERT_REQUIRED
@@ -217,6 +273,33 @@ async def test_a_server_error_is_not_retried_and_says_no_run_was_created(
     await recorder.aclose()
     assert raised.value.flow_run_id is None
     assert fake.calls.count("/api/flow_runs/") == 1
+
+
+async def test_extra_retry_codes_from_prefects_settings_are_asked_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PREFECT_CLIENT_RETRY_EXTRA_CODES="500": a 500 is retried as Prefect's client would."""
+    monkeypatch.setattr("restate_recovery.run_record.BACKOFF_BASE_SECONDS", 0.0)
+
+    def broken_once(request: httpx.Request, nth: int) -> httpx.Response | None:
+        if request.url.path.endswith("/flow_runs/") and nth == 1:
+            return httpx.Response(500, json={"detail": "boom"})
+        return None
+
+    fake = FakePrefect(broken_once)
+    found = connection_from_env(
+        {
+            "PREFECT_API_URL": "http://prefect.test/api",
+            "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
+            "PREFECT_HOME": str(tmp_path),
+        },
+        cwd=tmp_path,
+    )
+    assert found is not None
+    recorder = RunRecorder(dataclasses.replace(found, transport=httpx.MockTransport(fake)))
+    assert await recorder.record(a_record()) == "run-1"
+    await recorder.aclose()
+    assert fake.calls.count("/api/flow_runs/") == 2
 
 
 async def test_credentials_in_prefects_url_never_reach_the_error() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
+from restate_recovery import prefect_env
 from restate_recovery.doctor import (
     UnexpectedRows,
     count_by_status,
@@ -267,3 +269,27 @@ async def test_an_unexpected_error_is_answered_by_the_app_not_left_to_the_server
         "requestId": "boom-1",
     }
     assert response.headers["x-request-id"] == "boom-1"
+
+
+def test_a_server_url_in_prefects_active_profile_counts_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`prefect config set PREFECT_API_URL=...` is how many operators point Prefect at a server:
+    no note about a temporary server then, and no embedded database seeded."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    for name, value in [("PREFECT_CLI_PROMPT", "false"), (prefect_env.STARTUP_TIMEOUT, "180")]:
+        monkeypatch.setenv(name, value)  # configure() sets these defaults: undone after the test
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://p:4200/api"\n')
+
+    assert prefect_env.configure() is True
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "prefect.db").exists()
+
+    monkeypatch.setenv("PREFECT_PROFILE", "other")  # a profile not in the file: Prefect's default
+    monkeypatch.setattr(prefect_env, "seed_embedded_database", lambda: False)
+    assert prefect_env.configure() is False
+    assert "note: PREFECT_API_URL is not set" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Prefect environment defaults, applied before ``prefect`` is first imported.
 
-With ``PREFECT_API_URL`` set, runs are recorded in that server. Without it Prefect starts a
+With ``PREFECT_API_URL`` set (in the environment or Prefect's active profile), runs are recorded
+in that server. Without it Prefect starts a
 temporary server in the process (13-15 s on these machines, and its first database migration on
 a new ``PREFECT_HOME`` takes about 17 s, past Prefect's own 20 s start-up default). For that
 embedded default we start the home's database from a pre-migrated copy made by
@@ -13,12 +14,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tomllib
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from restate_recovery.settings import DATA_DIR
 
 EMBEDDED_STARTUP_TIMEOUT_SECONDS = "180"
+STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 TEMPLATE_DIR = DATA_DIR / "prefect-template"
 
 
@@ -50,20 +55,34 @@ def seed_embedded_database() -> bool:
     return True
 
 
+def active_profile(environ: Mapping[str, str] = os.environ) -> Mapping[str, Any]:
+    """The settings of Prefect's active profile, found as Prefect finds it (``PREFECT_PROFILES_PATH``
+    or ``PREFECT_HOME/profiles.toml``; ``PREFECT_PROFILE`` or the file's ``active``), without
+    importing Prefect. Empty when there is none (Prefect's default profile sets no server)."""
+    home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):  # Prefect warns about a broken file and ignores it too
+        return {}
+    active = environ.get("PREFECT_PROFILE") or profiles.get("active")
+    found = profiles.get("profiles", {}).get(active, {}) if isinstance(active, str) else {}
+    return found if isinstance(found, Mapping) else {}
+
+
 def configure(*, announce: bool = True) -> bool:
     """Set safe defaults (never overriding the caller's). Returns True when a server is configured."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_CLI_PROMPT", "false")
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL") or active_profile().get("PREFECT_API_URL"):
         return True
-    os.environ.setdefault(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EMBEDDED_STARTUP_TIMEOUT_SECONDS
-    )
+    os.environ.setdefault(STARTUP_TIMEOUT, EMBEDDED_STARTUP_TIMEOUT_SECONDS)
     seeded = seed_embedded_database()
     if announce:
         sys.stderr.write(
-            "note: PREFECT_API_URL is not set, so this run starts Prefect's temporary server "
+            "note: PREFECT_API_URL is not set (environment or Prefect profile), so this run "
+            "starts Prefect's temporary server "
             "(6-20 s by machine, 15-20 s on this project's"
             + ("; this PREFECT_HOME starts from the pre-migrated database" if seeded else "")
             + "; a new PREFECT_HOME with no pre-migrated copy also migrates, about 20 s more). "

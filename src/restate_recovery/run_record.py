@@ -9,11 +9,13 @@ about 0.2 s.
 Running the flow for it cost the CLI an import of Prefect (about 2 s on these machines) and the
 engine's own work (about 1 s), after the answer (docs/performance.md).
 
-The connection is Prefect's own client settings, read from the environment (``PREFECT_API_URL``,
-``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``,
-``PREFECT_API_SSL_CERT_FILE``, ``PREFECT_CLIENT_CUSTOM_HEADERS``). With no ``PREFECT_API_URL`` in the
-environment, Prefect's settings are read (its profile), and with no URL there either Prefect's
-temporary server is started, as a flow run would.
+The connection is Prefect's own client settings (``CLIENT_SETTINGS``: ``PREFECT_API_URL``,
+``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, TLS, custom headers, retries). When the
+environment holds all of them that are set anywhere, they are read from it without importing
+Prefect (the fast path). When Prefect's other sources may add one (the active profile, or a
+``.env``, ``prefect.toml`` or ``[tool.prefect]`` in the working directory), or there is no
+``PREFECT_API_URL`` in the environment, Prefect's own settings are read (about 1 s of import), and
+with no URL there either Prefect's temporary server is started, as a flow run would.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ import math
 import os
 import random
 import ssl
+import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
+from restate_recovery.prefect_env import active_profile
 from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -49,7 +54,7 @@ REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 # SQLite-backed server answers 503) and transport errors, after 2, 4, 8, ... s (±20 %) or the
 # server's Retry-After, up to ``PREFECT_CLIENT_MAX_RETRIES`` times (default 5); a refused
 # connection only once the server has answered before, so a wrong or down server fails at once.
-RETRY_STATUSES = frozenset({408, 429, 502, 503})
+RETRY_STATUSES = frozenset({408, 429, 502, 503})  # plus PREFECT_CLIENT_RETRY_EXTRA_CODES
 RETRY_ERRORS: tuple[type[Exception], ...] = (
     httpx.ReadTimeout,
     httpx.PoolTimeout,
@@ -85,6 +90,7 @@ class PrefectConnection:
     verify: ssl.SSLContext | bool = True
     max_retries: int = DEFAULT_MAX_RETRIES
     transport: httpx.AsyncBaseTransport | None = None  # tests put faults here
+    retry_statuses: frozenset[int] = RETRY_STATUSES
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -109,6 +115,7 @@ def connection(
     cert_file: str | None = None,
     custom_headers: Mapping[str, str] | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_extra_codes: Iterable[int] = (),
 ) -> PrefectConnection:
     """The connection Prefect's client would make with these settings (auth string first)."""
     headers = dict(custom_headers or {})
@@ -122,13 +129,64 @@ def connection(
         verify = False
     elif cert_file:
         verify = ssl.create_default_context(cafile=cert_file)
-    return PrefectConnection(api_url, headers, verify, max_retries)
+    retry_statuses = RETRY_STATUSES | frozenset(retry_extra_codes)
+    return PrefectConnection(api_url, headers, verify, max_retries, retry_statuses=retry_statuses)
 
 
-def connection_from_env(environ: Mapping[str, str] = os.environ) -> PrefectConnection | None:
-    """The connection configured in the environment, or None without ``PREFECT_API_URL``."""
+def _status_codes(raw: str | None) -> set[int]:
+    """``PREFECT_CLIENT_RETRY_EXTRA_CODES`` as Prefect reads it: "404,429,503"."""
+    return {int(code) for code in (raw or "").replace(" ", "").split(",") if code}
+
+
+# The client settings a record uses, by their environment names.
+CLIENT_SETTINGS = (
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+    "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
+    "PREFECT_API_SSL_CERT_FILE",
+    "PREFECT_CLIENT_CUSTOM_HEADERS",
+    "PREFECT_CLIENT_MAX_RETRIES",
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES",
+)
+
+
+def _set_elsewhere(environ: Mapping[str, str], cwd: Path) -> str | None:
+    """Where Prefect would find a client setting the environment leaves unset, if anywhere: the
+    active profile, or the working directory's ``.env``, ``prefect.toml`` or ``[tool.prefect]``.
+    (Files are only looked at, never interpreted beyond that: Prefect reads them itself then.)"""
+    unset = {name for name in CLIENT_SETTINGS if not environ.get(name)}
+    if unset & set(active_profile(environ)):
+        return "Prefect's active profile"
+    try:
+        dotenv = (cwd / ".env").read_text()
+    except (OSError, ValueError):
+        dotenv = ""
+    lines = (line.strip().removeprefix("export ").lstrip() for line in dotenv.splitlines())
+    if any(line.split("=", 1)[0].strip() in unset for line in lines if "=" in line):
+        return ".env"
+    if (cwd / "prefect.toml").is_file():
+        return "prefect.toml"
+    try:
+        pyproject = tomllib.loads((cwd / "pyproject.toml").read_text())
+    except (OSError, ValueError):
+        pyproject = {}
+    if "prefect" in pyproject.get("tool", {}):
+        return "pyproject.toml [tool.prefect]"
+    return None
+
+
+def connection_from_env(
+    environ: Mapping[str, str] = os.environ, cwd: Path | None = None
+) -> PrefectConnection | None:
+    """The connection configured in the environment; None without ``PREFECT_API_URL`` there, or
+    when another of Prefect's sources may add a setting (then ``connection_from_prefect``)."""
     api_url = environ.get("PREFECT_API_URL")
     if not api_url:
+        return None
+    elsewhere = _set_elsewhere(environ, Path.cwd() if cwd is None else cwd)
+    if elsewhere is not None:
+        logger.debug("Prefect client settings in %s: read through Prefect", elsewhere)
         return None
     raw_headers = environ.get("PREFECT_CLIENT_CUSTOM_HEADERS")
     return connection(
@@ -139,6 +197,7 @@ def connection_from_env(environ: Mapping[str, str] = os.environ) -> PrefectConne
         cert_file=environ.get("PREFECT_API_SSL_CERT_FILE"),
         custom_headers=json.loads(raw_headers) if raw_headers else None,
         max_retries=int(environ.get("PREFECT_CLIENT_MAX_RETRIES") or DEFAULT_MAX_RETRIES),
+        retry_extra_codes=_status_codes(environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES")),
     )
 
 
@@ -165,7 +224,17 @@ def connection_from_prefect() -> PrefectConnection:
         cert_file=settings.api.ssl_cert_file,
         custom_headers=settings.client.custom_headers,
         max_retries=settings.client.max_retries,
+        retry_extra_codes=_prefect_codes(settings.client.retry_extra_codes),
     )
+
+
+def _prefect_codes(value: object) -> set[int]:
+    """Prefect's ``retry_extra_codes`` setting: a set of ints, an int, a string or nothing."""
+    if isinstance(value, str):
+        return _status_codes(value)
+    if isinstance(value, int):
+        return {value}
+    return {int(code) for code in value} if isinstance(value, Iterable) else set()
 
 
 @dataclass(frozen=True)
@@ -235,6 +304,7 @@ class RunRecorder:
 
     async def _post(self, http: httpx.AsyncClient, path: str, body: Any) -> Any:
         max_retries = self._connection.max_retries if self._connection else DEFAULT_MAX_RETRIES
+        retry_statuses = self._connection.retry_statuses if self._connection else RETRY_STATUSES
         tries, csrf_renewed = 0, False
         while True:
             retry_errors = RETRY_ERRORS + ((httpx.ConnectError,) if self._connected else ())
@@ -256,7 +326,7 @@ class RunRecorder:
                     csrf_renewed = await self._renew_csrf(http)
                     if csrf_renewed:
                         continue
-                if response.status_code not in RETRY_STATUSES or tries >= max_retries:
+                if response.status_code not in retry_statuses or tries >= max_retries:
                     response.raise_for_status()
                     return response.json() if response.content else None
                 tries += 1
