@@ -63,7 +63,16 @@ class RestateStack:
 # and service-loop jitter, uvicorn, SQLAlchemy. Hypothesis reads any change to the global
 # generator during a draw as "a strategy uses random" (a HypothesisDeprecationWarning, an error
 # here), so a ping landing mid-draw failed a property test at random (CI, stop 11).
-BACKGROUND_RANDOM_USERS = ("websockets", "prefect", "uvicorn", "sqlalchemy", "anyio", "httpcore")
+BACKGROUND_RANDOM_USERS = (
+    "websockets",
+    "prefect",
+    "uvicorn",
+    "sqlalchemy",
+    "anyio",
+    "httpcore",
+    "docket",
+    "redis",
+)
 
 
 def own_random() -> SimpleNamespace:
@@ -82,8 +91,9 @@ def background_threads_own_random() -> Iterator[None]:
     draws from a private generator while the test runs, so the global one is Hypothesis's."""
     with pytest.MonkeyPatch.context() as patch:
         for name, module in list(sys.modules.items()):
+            # vars(), not getattr(): Prefect's packages import unknown attributes lazily
             if name.split(".")[0] in BACKGROUND_RANDOM_USERS and (
-                getattr(module, "random", None) is random
+                vars(module).get("random") is random
             ):
                 patch.setattr(module, "random", own_random())
         yield

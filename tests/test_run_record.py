@@ -29,6 +29,7 @@ from restate_recovery.models import (
     InvocationsReadout,
     ServicesReadout,
 )
+from restate_recovery.prefect_env import active_profile
 from restate_recovery.run_record import (
     PrefectConnection,
     RecordError,
@@ -175,6 +176,30 @@ def test_the_profile_is_found_as_prefect_finds_it(tmp_path: Path) -> None:
     chosen = environ | {"PREFECT_PROFILE": "b"}
     assert connection_from_env(chosen, cwd=tmp_path) is None
     assert connection_from_env(chosen | {"PREFECT_API_KEY": "k2"}, cwd=tmp_path) is not None
+    # Prefect's test mode reads no profile at all
+    assert connection_from_env(chosen | {"PREFECT_TEST_MODE": "1"}, cwd=tmp_path) is not None
+
+
+def test_a_profiles_path_named_in_dotenv_is_followed(tmp_path: Path) -> None:
+    (tmp_path / "ops.toml").write_text('active = "ops"\n[profiles.ops]\nPREFECT_API_KEY = "k"\n')
+    (tmp_path / ".env").write_text("PREFECT_PROFILES_PATH=ops.toml\n")
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path / "home")}
+
+    assert active_profile(environ, tmp_path) == {"PREFECT_API_KEY": "k"}
+    assert connection_from_env(environ, cwd=tmp_path) is None
+
+
+def test_a_lower_case_prefect_name_is_left_to_prefect(tmp_path: Path) -> None:
+    """Prefect's environment names are case-insensitive: prefect_client_max_retries=2 counts."""
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "prefect_client_max_retries": "2"}
+    assert connection_from_env(environ, cwd=tmp_path) is None
+
+
+@pytest.mark.parametrize("raw", ["500 504", "429,", "abc", "99", "600"])
+def test_retry_codes_prefect_refuses_are_refused(tmp_path: Path, raw: str) -> None:
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "PREFECT_CLIENT_RETRY_EXTRA_CODES": raw}
+    with pytest.raises(ValueError):
+        connection_from_env(environ, cwd=tmp_path)
 
 
 def test_a_cert_file_makes_a_verifying_context(tmp_path: Path) -> None:

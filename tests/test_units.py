@@ -293,3 +293,32 @@ def test_a_server_url_in_prefects_active_profile_counts_as_configured(
     monkeypatch.setattr(prefect_env, "seed_embedded_database", lambda: False)
     assert prefect_env.configure() is False
     assert "note: PREFECT_API_URL is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        (".env", "PREFECT_API_URL=http://p:4200/api\n"),
+        ("prefect.toml", "[api]\nurl = 'http://p:4200/api'\n"),
+        ("pyproject.toml", "[tool.prefect.api]\nurl = 'http://p:4200/api'\n"),
+    ],
+)
+def test_a_server_url_anywhere_prefect_reads_it_counts_as_configured(
+    tmp_path: Path, where: str, text: str
+) -> None:
+    environ = {"PREFECT_HOME": str(tmp_path)}
+    assert not prefect_env.server_configured(environ, tmp_path)
+    (tmp_path / where).write_text(text)
+    assert prefect_env.server_configured(environ, tmp_path)
+
+
+def test_with_no_profiles_file_prefects_own_profiles_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No PREFECT_HOME and no ~/.prefect/profiles.toml: Prefect reads its bundled file, whose
+    "local" profile names http://127.0.0.1:4200/api; test mode reads no profile."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not prefect_env.server_configured({}, tmp_path)  # the bundled default: ephemeral
+    assert prefect_env.server_configured({"PREFECT_PROFILE": "local"}, tmp_path)
+    test_mode = {"PREFECT_PROFILE": "local", "PREFECT_TESTING_TEST_MODE": "1"}
+    assert not prefect_env.server_configured(test_mode, tmp_path)

@@ -28,7 +28,6 @@ import math
 import os
 import random
 import ssl
-import tomllib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import httpx
 
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
-from restate_recovery.prefect_env import active_profile
+from restate_recovery.prefect_env import active_profile, read_dotenv, read_toml
 from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -134,8 +133,14 @@ def connection(
 
 
 def _status_codes(raw: str | None) -> set[int]:
-    """``PREFECT_CLIENT_RETRY_EXTRA_CODES`` as Prefect reads it: "404,429,503"."""
-    return {int(code) for code in (raw or "").replace(" ", "").split(",") if code}
+    """``PREFECT_CLIENT_RETRY_EXTRA_CODES`` as Prefect reads it ("404, 429,503"); ValueError for
+    what Prefect refuses too (an empty item, not a number, not an HTTP status)."""
+    if not raw:
+        return set()
+    codes = {int(code.strip()) for code in raw.split(",")}
+    if not all(100 <= code <= 599 for code in codes):
+        raise ValueError(f"PREFECT_CLIENT_RETRY_EXTRA_CODES: not HTTP status codes: {raw!r}")
+    return codes
 
 
 # The client settings a record uses, by their environment names.
@@ -152,26 +157,18 @@ CLIENT_SETTINGS = (
 
 
 def _set_elsewhere(environ: Mapping[str, str], cwd: Path) -> str | None:
-    """Where Prefect would find a client setting the environment leaves unset, if anywhere: the
-    active profile, or the working directory's ``.env``, ``prefect.toml`` or ``[tool.prefect]``.
-    (Files are only looked at, never interpreted beyond that: Prefect reads them itself then.)"""
+    """Where Prefect would find a client setting that the environment, as read here, leaves
+    unset, if anywhere. Only looked at, never interpreted beyond that: Prefect reads it then."""
+    if any(k.upper().startswith("PREFECT_") and k != k.upper() for k in environ):
+        return "the environment (a lower-case name: Prefect's names are case-insensitive)"
     unset = {name for name in CLIENT_SETTINGS if not environ.get(name)}
-    if unset & set(active_profile(environ)):
+    if unset & set(active_profile(environ, cwd)):
         return "Prefect's active profile"
-    try:
-        dotenv = (cwd / ".env").read_text()
-    except (OSError, ValueError):
-        dotenv = ""
-    lines = (line.strip().removeprefix("export ").lstrip() for line in dotenv.splitlines())
-    if any(line.split("=", 1)[0].strip() in unset for line in lines if "=" in line):
+    if {key.upper() for key in read_dotenv(cwd / ".env")} & (unset | {"PREFECT_PROFILES_PATH"}):
         return ".env"
     if (cwd / "prefect.toml").is_file():
         return "prefect.toml"
-    try:
-        pyproject = tomllib.loads((cwd / "pyproject.toml").read_text())
-    except (OSError, ValueError):
-        pyproject = {}
-    if "prefect" in pyproject.get("tool", {}):
+    if "prefect" in read_toml(cwd / "pyproject.toml").get("tool", {}):
         return "pyproject.toml [tool.prefect]"
     return None
 
