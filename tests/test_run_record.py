@@ -8,8 +8,10 @@ import asyncio
 import base64
 import dataclasses
 import json
+import os
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,13 @@ from restate_recovery.models import (
     InvocationsReadout,
     ServicesReadout,
 )
-from restate_recovery.prefect_env import active_profile
 from restate_recovery.run_record import (
     PrefectConnection,
     RecordError,
     RunRecord,
     RunRecorder,
-    connection_from_env,
+    connection_from_settings,
+    connection_of,
     doctor_run_record,
 )
 
@@ -107,7 +109,7 @@ def test_the_connection_is_prefects_client_settings_from_the_environment(tmp_pat
     home = {"PREFECT_HOME": str(tmp_path)}  # no profile, and nothing in the working directory
 
     def from_env(environ: dict[str, str]) -> PrefectConnection | None:
-        return connection_from_env(home | environ, cwd=tmp_path)
+        return connection_from_settings(home | environ, cwd=tmp_path)
 
     assert from_env({}) is None
 
@@ -137,75 +139,111 @@ def test_the_connection_is_prefects_client_settings_from_the_environment(tmp_pat
 
 
 URL_ONLY = {"PREFECT_API_URL": "https://p/api"}
+PROFILES = """
+active = "ops"
+[profiles.ops]
+PREFECT_API_URL = "https://ops/api"
+PREFECT_API_KEY = "pnu_profile"
+PREFECT_CLIENT_MAX_RETRIES = 2
+PREFECT_CLIENT_RETRY_EXTRA_CODES = [500, 504]
+PREFECT_CLIENT_CUSTOM_HEADERS = '{"X-Tenant": "dalp"}'
+PREFECT_API_TLS_INSECURE_SKIP_VERIFY = true
+[profiles.other]
+PREFECT_API_URL = "https://other/api"
+PREFECT_API_AUTH_STRING = "admin:other"
+"""
+# (environment, .env, profiles.toml in PREFECT_HOME or None)
+CONFIGURATIONS = {
+    "URL in env, the rest in the active profile": (URL_ONLY, "", PROFILES),
+    "everything in the profile": ({}, "", PROFILES),
+    "another profile chosen": ({"PREFECT_PROFILE": "other"}, "", PROFILES),
+    "env wins over profile": (URL_ONLY | {"PREFECT_API_KEY": "pnu_env"}, "", PROFILES),
+    "empty env value wins too": (URL_ONLY | {"PREFECT_API_KEY": ""}, "", PROFILES),
+    ".env wins over profile": (URL_ONLY, "export PREFECT_API_KEY='pnu_dotenv'\n", PROFILES),
+    "a lower-case name in .env": (URL_ONLY, "prefect_api_key=pnu_lower\n", PROFILES),
+    ".env names the profiles file": (URL_ONLY, "PREFECT_PROFILES_PATH=ops.toml\n", None),
+    "test mode reads no profile": (URL_ONLY | {"PREFECT_TEST_MODE": "1"}, "", PROFILES),
+    "a broken profiles file": (URL_ONLY, "", "not toml ["),
+    "only the environment": (URL_ONLY | {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500, 504"}, "", None),
+}
+
+
+def described(found: PrefectConnection | None) -> tuple[Any, ...] | None:
+    if found is None:
+        return None
+    verify = found.verify if isinstance(found.verify, bool) else found.verify.verify_mode
+    return (found.api_url, dict(found.headers), verify, found.max_retries, found.retry_statuses)
+
+
+@pytest.mark.parametrize("name", list(CONFIGURATIONS))
+def test_the_settings_read_without_prefect_are_the_ones_prefect_reads(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differential: the fast path (no Prefect import) against ``prefect.settings.Settings()``
+    built from the same environment, working directory and profiles file."""
+    from prefect.settings import Settings
+
+    environ, dotenv, profiles = CONFIGURATIONS[name]
+    home = tmp_path / "home"
+    home.mkdir()
+    if profiles is not None:
+        (home / "profiles.toml").write_text(profiles)
+    (tmp_path / "ops.toml").write_text(PROFILES)
+    if dotenv:
+        (tmp_path / ".env").write_text(dotenv)
+    environ = environ | {"PREFECT_HOME": str(home)}
+    if "SSL_CERT_FILE" in os.environ:
+        environ["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
+
+    for variable in list(os.environ):
+        if variable.upper().startswith("PREFECT_"):
+            monkeypatch.delenv(variable)
+    for variable, value in environ.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():  # Prefect warns about a broken profiles file, then ignores it
+        warnings.simplefilter("ignore", UserWarning)
+        prefects = Settings()
+    assert prefects.api.url, "every configuration here names a server"
+
+    assert described(connection_from_settings(environ, cwd=tmp_path)) == described(
+        connection_of(prefects, prefects.api.url)
+    )
 
 
 @pytest.mark.parametrize(
-    ("where", "text", "read_through_prefect"),
+    ("where", "text"),
     [
-        ("profiles.toml", 'active = "ops"\n[profiles.ops]\nPREFECT_API_KEY = "pnu_k"\n', True),
-        # The environment's URL wins over the profile's: nothing else there, so the fast path.
-        ("profiles.toml", 'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://x"\n', False),
-        ("profiles.toml", '[profiles.ops]\nPREFECT_API_KEY = "pnu_k"\n', False),  # not active
-        ("profiles.toml", "not toml [", False),  # Prefect warns and ignores it too
-        (".env", "# ops\nexport PREFECT_API_AUTH_STRING=admin:pass\n", True),
-        (".env", "DATABASE_URL=postgres://x\n", False),
-        ("prefect.toml", "[api]\nkey = 'pnu_k'\n", True),
-        ("pyproject.toml", "[tool.prefect.api]\nkey = 'pnu_k'\n", True),
-        ("pyproject.toml", "[tool.ruff]\nline-length = 100\n", False),
+        ("prefect.toml", "[api]\nkey = 'pnu_k'\n"),
+        ("pyproject.toml", "[tool.prefect.api]\nkey = 'pnu_k'\n"),
     ],
 )
-def test_a_setting_prefect_would_find_elsewhere_sends_the_record_through_prefects_settings(
-    tmp_path: Path, where: str, text: str, read_through_prefect: bool
+def test_settings_only_prefect_can_read_are_left_to_prefect(
+    tmp_path: Path, where: str, text: str
 ) -> None:
-    """An API key kept in the active profile (or a .env, prefect.toml, [tool.prefect]) while the
-    URL is in the environment: Prefect's client would use both, so the record must too."""
-    (tmp_path / where).write_text(text)
     environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path)}
-
-    found = connection_from_env(environ, cwd=tmp_path)
-
-    assert (found is None) is read_through_prefect
-
-
-def test_the_profile_is_found_as_prefect_finds_it(tmp_path: Path) -> None:
-    profiles = tmp_path / "elsewhere.toml"
-    profiles.write_text('active = "a"\n[profiles.a]\n[profiles.b]\nPREFECT_API_KEY = "k"\n')
-    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILES_PATH": str(profiles)}
-
-    assert connection_from_env(environ, cwd=tmp_path) is not None  # "a" holds nothing
-    chosen = environ | {"PREFECT_PROFILE": "b"}
-    assert connection_from_env(chosen, cwd=tmp_path) is None
-    assert connection_from_env(chosen | {"PREFECT_API_KEY": "k2"}, cwd=tmp_path) is not None
-    # Prefect's test mode reads no profile at all
-    assert connection_from_env(chosen | {"PREFECT_TEST_MODE": "1"}, cwd=tmp_path) is not None
-
-
-def test_a_profiles_path_named_in_dotenv_is_followed(tmp_path: Path) -> None:
-    (tmp_path / "ops.toml").write_text('active = "ops"\n[profiles.ops]\nPREFECT_API_KEY = "k"\n')
-    (tmp_path / ".env").write_text("PREFECT_PROFILES_PATH=ops.toml\n")
-    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path / "home")}
-
-    assert active_profile(environ, tmp_path) == {"PREFECT_API_KEY": "k"}
-    assert connection_from_env(environ, cwd=tmp_path) is None
+    assert connection_from_settings(environ, cwd=tmp_path) is not None
+    (tmp_path / where).write_text(text)
+    assert connection_from_settings(environ, cwd=tmp_path) is None
 
 
 def test_a_lower_case_prefect_name_is_left_to_prefect(tmp_path: Path) -> None:
     """Prefect's environment names are case-insensitive: prefect_client_max_retries=2 counts."""
     environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "prefect_client_max_retries": "2"}
-    assert connection_from_env(environ, cwd=tmp_path) is None
+    assert connection_from_settings(environ, cwd=tmp_path) is None
 
 
 @pytest.mark.parametrize("raw", ["500 504", "429,", "abc", "99", "600"])
 def test_retry_codes_prefect_refuses_are_refused(tmp_path: Path, raw: str) -> None:
     environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path), "PREFECT_CLIENT_RETRY_EXTRA_CODES": raw}
     with pytest.raises(ValueError):
-        connection_from_env(environ, cwd=tmp_path)
+        connection_from_settings(environ, cwd=tmp_path)
 
 
 def test_a_cert_file_makes_a_verifying_context(tmp_path: Path) -> None:
     import certifi
 
-    found = connection_from_env(
+    found = connection_from_settings(
         {
             "PREFECT_API_URL": "https://p/api",
             "PREFECT_API_SSL_CERT_FILE": certifi.where(),
@@ -312,7 +350,7 @@ async def test_extra_retry_codes_from_prefects_settings_are_asked_again(
         return None
 
     fake = FakePrefect(broken_once)
-    found = connection_from_env(
+    found = connection_from_settings(
         {
             "PREFECT_API_URL": "http://prefect.test/api",
             "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",

@@ -10,12 +10,12 @@ Running the flow for it cost the CLI an import of Prefect (about 2 s on these ma
 engine's own work (about 1 s), after the answer (docs/performance.md).
 
 The connection is Prefect's own client settings (``CLIENT_SETTINGS``: ``PREFECT_API_URL``,
-``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, TLS, custom headers, retries). When the
-environment holds all of them that are set anywhere, they are read from it without importing
-Prefect (the fast path). When Prefect's other sources may add one (the active profile, or a
-``.env``, ``prefect.toml`` or ``[tool.prefect]`` in the working directory), or there is no
-``PREFECT_API_URL`` in the environment, Prefect's own settings are read (about 1 s of import), and
-with no URL there either Prefect's temporary server is started, as a flow run would.
+``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, TLS, custom headers, retries), resolved as
+Prefect resolves them from the environment, a ``.env`` in the working directory and the active
+profile (``prefect config set`` writes there), without importing Prefect. Where only Prefect can
+read them (a ``prefect.toml`` or ``[tool.prefect]``, a lower-case name), or no URL is set, they are
+read through Prefect (about 1 s of import), and with no URL there either Prefect's temporary
+server is started, as a flow run would.
 """
 
 from __future__ import annotations
@@ -156,51 +156,60 @@ CLIENT_SETTINGS = (
 )
 
 
-def _set_elsewhere(environ: Mapping[str, str], cwd: Path) -> str | None:
-    """Where Prefect would find a client setting that the environment, as read here, leaves
-    unset, if anywhere. Only looked at, never interpreted beyond that: Prefect reads it then."""
-    if any(k.upper().startswith("PREFECT_") and k != k.upper() for k in environ):
-        return "the environment (a lower-case name: Prefect's names are case-insensitive)"
-    unset = {name for name in CLIENT_SETTINGS if not environ.get(name)}
-    if unset & set(active_profile(environ, cwd)):
-        return "Prefect's active profile"
-    if {key.upper() for key in read_dotenv(cwd / ".env")} & (unset | {"PREFECT_PROFILES_PATH"}):
-        return ".env"
-    if (cwd / "prefect.toml").is_file():
-        return "prefect.toml"
-    if "prefect" in read_toml(cwd / "pyproject.toml").get("tool", {}):
-        return "pyproject.toml [tool.prefect]"
-    return None
+def _as_setting(value: Any) -> str:
+    """A profile value (TOML: a string, number, boolean or list) as its environment text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
-def connection_from_env(
+def client_settings(environ: Mapping[str, str], cwd: Path) -> dict[str, str] | None:
+    """Prefect's client settings as Prefect resolves them from the environment, then the working
+    directory's ``.env``, then the active profile, without importing Prefect. None where only
+    Prefect can say: a lower-case ``prefect_`` name in the environment (Prefect's names are
+    case-insensitive), a ``prefect.toml`` or a ``[tool.prefect]`` table (nested, typed settings)."""
+    if any(key.upper().startswith("PREFECT_") and key != key.upper() for key in environ):
+        return None
+    if (cwd / "prefect.toml").is_file() or "prefect" in read_toml(cwd / "pyproject.toml").get(
+        "tool", {}
+    ):
+        return None
+    profile = active_profile(environ, cwd)
+    dotenv = {key.upper(): value for key, value in read_dotenv(cwd / ".env").items()}
+    return {
+        name: environ[name] if name in environ else dotenv.get(name, _as_setting(profile[name]))
+        for name in CLIENT_SETTINGS
+        if name in environ or name in dotenv or name in profile
+    }
+
+
+def connection_from_settings(
     environ: Mapping[str, str] = os.environ, cwd: Path | None = None
 ) -> PrefectConnection | None:
-    """The connection configured in the environment; None without ``PREFECT_API_URL`` there, or
-    when another of Prefect's sources may add a setting (then ``connection_from_prefect``)."""
-    api_url = environ.get("PREFECT_API_URL")
-    if not api_url:
+    """The connection from ``client_settings``; None when they hold no ``PREFECT_API_URL`` or only
+    Prefect can read them (then ``connection_from_prefect``)."""
+    settings = client_settings(environ, Path.cwd() if cwd is None else cwd)
+    if settings is None or not settings.get("PREFECT_API_URL"):
         return None
-    elsewhere = _set_elsewhere(environ, Path.cwd() if cwd is None else cwd)
-    if elsewhere is not None:
-        logger.debug("Prefect client settings in %s: read through Prefect", elsewhere)
-        return None
-    raw_headers = environ.get("PREFECT_CLIENT_CUSTOM_HEADERS")
+    raw_headers = settings.get("PREFECT_CLIENT_CUSTOM_HEADERS")
     return connection(
-        api_url,
-        auth_string=environ.get("PREFECT_API_AUTH_STRING"),
-        api_key=environ.get("PREFECT_API_KEY"),
-        skip_verify=_truthy(environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")),
-        cert_file=environ.get("PREFECT_API_SSL_CERT_FILE"),
+        settings["PREFECT_API_URL"],
+        auth_string=settings.get("PREFECT_API_AUTH_STRING"),
+        api_key=settings.get("PREFECT_API_KEY"),
+        skip_verify=_truthy(settings.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")),
+        # Prefect's default for it is SSL_CERT_FILE (as httpx's own, so the same either way)
+        cert_file=settings.get("PREFECT_API_SSL_CERT_FILE") or environ.get("SSL_CERT_FILE"),
         custom_headers=json.loads(raw_headers) if raw_headers else None,
-        max_retries=int(environ.get("PREFECT_CLIENT_MAX_RETRIES") or DEFAULT_MAX_RETRIES),
-        retry_extra_codes=_status_codes(environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES")),
+        max_retries=int(settings.get("PREFECT_CLIENT_MAX_RETRIES") or DEFAULT_MAX_RETRIES),
+        retry_extra_codes=_status_codes(settings.get("PREFECT_CLIENT_RETRY_EXTRA_CODES")),
     )
 
 
 def connection_from_prefect() -> PrefectConnection:
-    """Prefect's own settings (its profile); with no API URL there, its temporary server, started
-    here (it stops when the process exits). Imports Prefect: seconds, so only when needed."""
+    """Prefect's own settings; with no API URL there, its temporary server, started here (it
+    stops when the process exits). Imports Prefect: about a second, so only when needed."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
@@ -211,6 +220,11 @@ def connection_from_prefect() -> PrefectConnection:
         server = SubprocessASGIServer()
         server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
         api_url = server.api_url
+    return connection_of(settings, api_url)
+
+
+def connection_of(settings: Any, api_url: str) -> PrefectConnection:
+    """The connection Prefect's client makes with these ``prefect.settings.Settings``."""
     auth = settings.api.auth_string
     key = settings.api.key
     return connection(
@@ -292,7 +306,7 @@ class RunRecorder:
     async def _client(self) -> httpx.AsyncClient:
         async with self._opening:  # records at once must not start two temporary servers
             if self._http is None:
-                found = self._connection or connection_from_env()
+                found = self._connection or connection_from_settings()
                 if found is None:
                     found = await asyncio.to_thread(connection_from_prefect)
                 self._connection = found
