@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from restate_recovery import prefect_env
+from restate_recovery import prefect_env, prefect_settings
 from restate_recovery.doctor import (
     UnexpectedRows,
     count_by_status,
@@ -307,9 +307,9 @@ def test_a_server_url_anywhere_prefect_reads_it_counts_as_configured(
     tmp_path: Path, where: str, text: str
 ) -> None:
     environ = {"PREFECT_HOME": str(tmp_path)}
-    assert not prefect_env.server_configured(environ, tmp_path)
+    assert not prefect_settings.server_configured(environ, tmp_path)
     (tmp_path / where).write_text(text)
-    assert prefect_env.server_configured(environ, tmp_path)
+    assert prefect_settings.server_configured(environ, tmp_path)
 
 
 def test_with_no_profiles_file_prefects_own_profiles_are_read(
@@ -318,7 +318,7 @@ def test_with_no_profiles_file_prefects_own_profiles_are_read(
     """No PREFECT_HOME and no ~/.prefect/profiles.toml: Prefect reads its bundled file, whose
     "local" profile names http://127.0.0.1:4200/api; test mode reads no profile."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert not prefect_env.server_configured({}, tmp_path)  # the bundled default: ephemeral
-    assert prefect_env.server_configured({"PREFECT_PROFILE": "local"}, tmp_path)
+    assert not prefect_settings.server_configured({}, tmp_path)  # the bundled default: ephemeral
+    assert prefect_settings.server_configured({"PREFECT_PROFILE": "local"}, tmp_path)
     test_mode = {"PREFECT_PROFILE": "local", "PREFECT_TESTING_TEST_MODE": "1"}
-    assert not prefect_env.server_configured(test_mode, tmp_path)
+    assert not prefect_settings.server_configured(test_mode, tmp_path)

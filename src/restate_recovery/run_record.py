@@ -9,27 +9,23 @@ about 0.2 s.
 Running the flow for it cost the CLI an import of Prefect (about 2 s on these machines) and the
 engine's own work (about 1 s), after the answer (docs/performance.md).
 
-The connection is Prefect's own client settings (``CLIENT_SETTINGS``: ``PREFECT_API_URL``,
-``PREFECT_API_AUTH_STRING`` or ``PREFECT_API_KEY``, TLS, custom headers, retries), resolved as
-Prefect resolves them from the environment, a ``.env`` in the working directory and the active
-profile (``prefect config set`` writes there), without importing Prefect. Where only Prefect can
-read them (a ``prefect.toml`` or ``[tool.prefect]``, a lower-case name), or no URL is set, they are
-read through Prefect (about 1 s of import), and with no URL there either Prefect's temporary
-server is started, as a flow run would.
+The connection is Prefect's own client settings (URL, auth string or API key, TLS, custom
+headers, retries), read where Prefect reads them without importing it (``prefect_settings``); where
+only Prefect can read them, or they name no server, through Prefect (about 1 s of import), and with
+no URL there either Prefect's temporary server is started, as a flow run would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import math
 import os
 import random
 import ssl
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,9 +33,10 @@ from typing import Any
 
 import httpx
 
+from restate_recovery import prefect_settings
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
-from restate_recovery.prefect_env import active_profile, read_dotenv, read_toml
+from restate_recovery.prefect_settings import ClientSettings
 from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -101,110 +98,46 @@ class PrefectConnection:
         )
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "t", "yes", "y", "on"}
+# Headers Prefect's client keeps for itself, whatever PREFECT_CLIENT_CUSTOM_HEADERS says.
+PROTECTED_HEADERS = {"user-agent", "prefect-csrf-token", "prefect-csrf-client"}
 
 
-def connection(
-    api_url: str,
-    *,
-    auth_string: str | None = None,
-    api_key: str | None = None,
-    skip_verify: bool = False,
-    cert_file: str | None = None,
-    custom_headers: Mapping[str, str] | None = None,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    retry_extra_codes: Iterable[int] = (),
-) -> PrefectConnection:
-    """The connection Prefect's client would make with these settings (auth string first)."""
-    headers = dict(custom_headers or {})
-    if auth_string:
-        token = base64.b64encode(auth_string.encode()).decode()
+def connection(settings: ClientSettings, api_url: str | None = None) -> PrefectConnection:
+    """The connection Prefect's client makes with these settings: the auth string before the
+    key, then the custom headers (a custom Authorization wins, as in Prefect's client)."""
+    headers: dict[str, str] = {}
+    if settings.auth_string:
+        token = base64.b64encode(settings.auth_string.encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    elif api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    elif settings.api_key:
+        headers["Authorization"] = f"Bearer {settings.api_key}"
+    for name, value in settings.custom_headers.items():
+        if name.lower() not in PROTECTED_HEADERS:
+            headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            headers[name] = value
     verify: ssl.SSLContext | bool = True
-    if skip_verify:
+    if settings.tls_insecure_skip_verify:
         verify = False
-    elif cert_file:
-        verify = ssl.create_default_context(cafile=cert_file)
-    retry_statuses = RETRY_STATUSES | frozenset(retry_extra_codes)
-    return PrefectConnection(api_url, headers, verify, max_retries, retry_statuses=retry_statuses)
-
-
-def _status_codes(raw: str | None) -> set[int]:
-    """``PREFECT_CLIENT_RETRY_EXTRA_CODES`` as Prefect reads it ("404, 429,503"); ValueError for
-    what Prefect refuses too (an empty item, not a number, not an HTTP status)."""
-    if not raw:
-        return set()
-    codes = {int(code.strip()) for code in raw.split(",")}
-    if not all(100 <= code <= 599 for code in codes):
-        raise ValueError(f"PREFECT_CLIENT_RETRY_EXTRA_CODES: not HTTP status codes: {raw!r}")
-    return codes
-
-
-# The client settings a record uses, by their environment names.
-CLIENT_SETTINGS = (
-    "PREFECT_API_URL",
-    "PREFECT_API_AUTH_STRING",
-    "PREFECT_API_KEY",
-    "PREFECT_API_TLS_INSECURE_SKIP_VERIFY",
-    "PREFECT_API_SSL_CERT_FILE",
-    "PREFECT_CLIENT_CUSTOM_HEADERS",
-    "PREFECT_CLIENT_MAX_RETRIES",
-    "PREFECT_CLIENT_RETRY_EXTRA_CODES",
-)
-
-
-def _as_setting(value: Any) -> str:
-    """A profile value (TOML: a string, number, boolean or list) as its environment text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(str(item) for item in value)
-    return str(value)
-
-
-def client_settings(environ: Mapping[str, str], cwd: Path) -> dict[str, str] | None:
-    """Prefect's client settings as Prefect resolves them from the environment, then the working
-    directory's ``.env``, then the active profile, without importing Prefect. None where only
-    Prefect can say: a lower-case ``prefect_`` name in the environment (Prefect's names are
-    case-insensitive), a ``prefect.toml`` or a ``[tool.prefect]`` table (nested, typed settings)."""
-    if any(key.upper().startswith("PREFECT_") and key != key.upper() for key in environ):
-        return None
-    if (cwd / "prefect.toml").is_file() or "prefect" in read_toml(cwd / "pyproject.toml").get(
-        "tool", {}
-    ):
-        return None
-    profile = active_profile(environ, cwd)
-    dotenv = {key.upper(): value for key, value in read_dotenv(cwd / ".env").items()}
-    return {
-        name: environ[name] if name in environ else dotenv.get(name, _as_setting(profile[name]))
-        for name in CLIENT_SETTINGS
-        if name in environ or name in dotenv or name in profile
-    }
+    elif settings.ssl_cert_file:
+        verify = ssl.create_default_context(cafile=settings.ssl_cert_file)
+    return PrefectConnection(
+        api_url or settings.api_url or "",
+        headers,
+        verify,
+        settings.max_retries,
+        retry_statuses=RETRY_STATUSES | settings.retry_extra_codes,
+    )
 
 
 def connection_from_settings(
     environ: Mapping[str, str] = os.environ, cwd: Path | None = None
 ) -> PrefectConnection | None:
-    """The connection from ``client_settings``; None when they hold no ``PREFECT_API_URL`` or only
-    Prefect can read them (then ``connection_from_prefect``)."""
-    settings = client_settings(environ, Path.cwd() if cwd is None else cwd)
-    if settings is None or not settings.get("PREFECT_API_URL"):
+    """The connection from Prefect's client settings read without Prefect; None when they name
+    no server or only Prefect can read them (then ``connection_from_prefect``)."""
+    settings = prefect_settings.read(environ, cwd)
+    if settings is None or not settings.api_url:
         return None
-    raw_headers = settings.get("PREFECT_CLIENT_CUSTOM_HEADERS")
-    return connection(
-        settings["PREFECT_API_URL"],
-        auth_string=settings.get("PREFECT_API_AUTH_STRING"),
-        api_key=settings.get("PREFECT_API_KEY"),
-        skip_verify=_truthy(settings.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY")),
-        # Prefect's default for it is SSL_CERT_FILE (as httpx's own, so the same either way)
-        cert_file=settings.get("PREFECT_API_SSL_CERT_FILE") or environ.get("SSL_CERT_FILE"),
-        custom_headers=json.loads(raw_headers) if raw_headers else None,
-        max_retries=int(settings.get("PREFECT_CLIENT_MAX_RETRIES") or DEFAULT_MAX_RETRIES),
-        retry_extra_codes=_status_codes(settings.get("PREFECT_CLIENT_RETRY_EXTRA_CODES")),
-    )
+    return connection(settings)
 
 
 def connection_from_prefect() -> PrefectConnection:
@@ -220,32 +153,7 @@ def connection_from_prefect() -> PrefectConnection:
         server = SubprocessASGIServer()
         server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
         api_url = server.api_url
-    return connection_of(settings, api_url)
-
-
-def connection_of(settings: Any, api_url: str) -> PrefectConnection:
-    """The connection Prefect's client makes with these ``prefect.settings.Settings``."""
-    auth = settings.api.auth_string
-    key = settings.api.key
-    return connection(
-        api_url,
-        auth_string=auth.get_secret_value() if auth else None,
-        api_key=key.get_secret_value() if key else None,
-        skip_verify=settings.api.tls_insecure_skip_verify,
-        cert_file=settings.api.ssl_cert_file,
-        custom_headers=settings.client.custom_headers,
-        max_retries=settings.client.max_retries,
-        retry_extra_codes=_prefect_codes(settings.client.retry_extra_codes),
-    )
-
-
-def _prefect_codes(value: object) -> set[int]:
-    """Prefect's ``retry_extra_codes`` setting: a set of ints, an int, a string or nothing."""
-    if isinstance(value, str):
-        return _status_codes(value)
-    if isinstance(value, int):
-        return {value}
-    return {int(code) for code in value} if isinstance(value, Iterable) else set()
+    return connection(ClientSettings.of(settings), api_url)
 
 
 @dataclass(frozen=True)
