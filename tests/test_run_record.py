@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from restate_recovery import prefect_settings
 from restate_recovery.demo.local_stack import PrefectServer
 from restate_recovery.doctor import AnsweredReadout, readout_markdown
 from restate_recovery.errors import AdminUnreachableError
@@ -31,7 +32,7 @@ from restate_recovery.models import (
     InvocationsReadout,
     ServicesReadout,
 )
-from restate_recovery.prefect_settings import ClientSettings
+from restate_recovery.prefect_settings import ConnectionSettings
 from restate_recovery.run_record import (
     PrefectConnection,
     RecordError,
@@ -115,7 +116,12 @@ def test_the_connection_is_prefects_client_settings_from_the_environment(tmp_pat
     assert from_env({}) is None
 
     plain = from_env({"PREFECT_API_URL": "http://p:4200/api"})
-    assert plain == PrefectConnection("http://p:4200/api", {}, True, max_retries=5)
+    assert plain is not None and (plain.api_url, plain.headers, plain.max_retries) == (
+        "http://p:4200/api",
+        {},
+        5,
+    )
+    assert isinstance(plain.verify, ssl.SSLContext) and plain.verify.check_hostname
 
     both = from_env(
         {
@@ -140,7 +146,6 @@ def test_the_connection_is_prefects_client_settings_from_the_environment(tmp_pat
 
 
 URL_ONLY = {"PREFECT_API_URL": "https://p/api"}
-CODES, SKIP_VERIFY = "PREFECT_CLIENT_RETRY_EXTRA_CODES", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY"
 PROFILES = """
 active = "ops"
 [profiles.ops]
@@ -220,13 +225,21 @@ CONFIGURATIONS: dict[str, tuple[dict[str, str], str, str | None, str]] = {
         None,
         "refused",
     ),
+    "a whole section as JSON": (
+        URL_ONLY | {"PREFECT_API": '{"url": "https://j/api"}'},
+        "",
+        None,
+        "prefect",
+    ),
+    "a name without a value in .env": ({}, "PREFECT_API_URL\n", PROFILES, "same"),
+    "an empty profile name": ({"PREFECT_PROFILE": ""}, "", PROFILES, "same"),
 }
 
 
 def described(found: PrefectConnection | None) -> tuple[Any, ...] | None:
     if found is None:
         return None
-    verify = found.verify if isinstance(found.verify, bool) else found.verify.verify_mode
+    verify = found.verify if isinstance(found.verify, bool) else found.verify.get_ca_certs()
     return (found.api_url, dict(found.headers), verify, found.max_retries, found.retry_statuses)
 
 
@@ -270,8 +283,78 @@ def test_the_settings_read_without_prefect_are_the_ones_prefect_reads(
         assert ours is None and not prefects.api.url
         return
     assert prefects.api.url
-    theirs = connection(ClientSettings.of(prefects))
-    assert described(ours) == (described(theirs) if expected == "same" else None)
+    if expected == "same":
+        assert prefect_settings.read(environ, tmp_path) == ConnectionSettings.of(prefects)
+        assert described(ours) == described(connection(ConnectionSettings.of(prefects)))
+    else:
+        assert ours is None
+
+
+@pytest.mark.parametrize("pyproject", ["tool = 1\n", "not toml [\n", "[tool]\nprefect = 1\n"])
+def test_a_pyproject_prefect_refuses_is_left_to_prefect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pyproject: str
+) -> None:
+    from prefect.settings import Settings
+
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    environ = URL_ONLY | {"PREFECT_HOME": str(tmp_path)}
+    assert connection_from_settings(environ, cwd=tmp_path) is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", URL_ONLY["PREFECT_API_URL"])
+    with pytest.raises((ValueError, TypeError, AttributeError)):
+        Settings()
+
+
+CLIENT_CASES = {
+    "a key": ConnectionSettings("https://p/api", api_key="pnu_k"),
+    "auth string over key": ConnectionSettings("https://p/api", auth_string="a:b", api_key="k"),
+    "custom headers after auth": ConnectionSettings(
+        "https://p/api",
+        api_key="pnu_k",
+        custom_headers={"authorization": "Bearer gw", "X-Tenant": "dalp", "User-Agent": "x"},
+    ),
+    "no TLS verification": ConnectionSettings("https://p/api", tls_insecure_skip_verify=True),
+    "no CA file": ConnectionSettings("https://p/api", ssl_cert_file=None),
+    "a CA file": ConnectionSettings(
+        "https://p/api", ssl_cert_file="/etc/ssl/certs/ca-certificates.crt"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIENT_CASES))
+def test_the_connection_is_the_one_prefects_client_makes(name: str) -> None:
+    """Headers and TLS of our client against ``PrefectClient``'s own, for the same settings."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.settings import (
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+        PREFECT_CLIENT_CUSTOM_HEADERS,
+        temporary_settings,
+    )
+
+    settings = CLIENT_CASES[name]
+    updates = {
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY: settings.tls_insecure_skip_verify,
+        PREFECT_API_SSL_CERT_FILE: settings.ssl_cert_file or "",
+        PREFECT_CLIENT_CUSTOM_HEADERS: dict(settings.custom_headers),
+    }
+    with warnings.catch_warnings(), temporary_settings(updates=updates):
+        warnings.simplefilter("ignore")
+        theirs: Any = PrefectClient(
+            settings.api_url or "", auth_string=settings.auth_string, api_key=settings.api_key
+        )._client
+    ours: Any = connection(settings).client()
+
+    for header in ("Authorization", "X-Tenant"):
+        assert ours.headers.get(header) == theirs.headers.get(header)
+    assert ours.headers.get("User-Agent") != "x"
+    ours_tls, theirs_tls = ours._transport._pool._ssl_context, theirs._transport._pool._ssl_context
+    assert (ours_tls.verify_mode, ours_tls.check_hostname) == (
+        theirs_tls.verify_mode,
+        theirs_tls.check_hostname,
+    )
+    if ours_tls.verify_mode != ssl.CERT_NONE:  # the CAs trusted, where they count
+        assert ours_tls.get_ca_certs() == theirs_tls.get_ca_certs()
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,13 @@ CLIENT_SETTINGS = (
 TRUE = {"1", "on", "t", "true", "y", "yes"}
 FALSE = {"0", "off", "f", "false", "n", "no"}
 DIGITS = re.compile(r"[0-9]+")
+DEFAULT_MAX_RETRIES = 5
+# Whole sections as JSON (PREFECT_API='{"url": ...}') win over the flat names: Prefect's call.
+SECTIONS = {"PREFECT_API", "PREFECT_CLIENT"}
 
 
 @dataclass(frozen=True)
-class ClientSettings:
+class ConnectionSettings:
     """What a Prefect client connects with (``prefect.client.orchestration.PrefectClient``)."""
 
     api_url: str | None
@@ -63,11 +66,11 @@ class ClientSettings:
     tls_insecure_skip_verify: bool = False
     ssl_cert_file: str | None = None
     custom_headers: Mapping[str, str] = field(default_factory=dict)
-    max_retries: int = 5
+    max_retries: int = DEFAULT_MAX_RETRIES
     retry_extra_codes: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, settings: Any) -> ClientSettings:
+    def of(cls, settings: Any) -> ConnectionSettings:
         """From Prefect's own ``prefect.settings.Settings``."""
         auth, key, codes = (
             settings.api.auth_string,
@@ -86,22 +89,39 @@ class ClientSettings:
         )
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as Prefect reads it: nothing when it is missing or broken."""
+class Unreadable(ValueError):
+    """A file Prefect would refuse to start with."""
+
+
+def read_toml(path: Path, *, strict: bool = False) -> dict[str, Any]:
+    """A TOML file: nothing when it is missing, or broken unless ``strict`` (Prefect ignores a
+    broken profiles file but refuses a broken ``pyproject.toml``)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise Unreadable(f"{path}: {exc}") from exc
         return {}
 
 
-def read_dotenv(path: Path, encoding: str | None = "utf-8") -> dict[str, str | None]:
+def table(data: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """``data[k1][k2]...``, or nothing where a level is missing or not a table."""
+    found: Any = data
+    for key in keys:
+        found = found.get(key) if isinstance(found, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
     """A ``.env`` file read by python-dotenv, as Prefect's settings read it (comments, quotes,
-    escapes, ``${VAR}`` from the environment)."""
-    if not path.is_file():
+    escapes, ``${VAR}`` from the environment); a name without ``=`` is not set."""
+    if not path.exists() or path.is_dir():
         return {}
     from dotenv import dotenv_values  # pydantic-settings' own dependency: no Prefect import
 
-    return dotenv_values(path, encoding=encoding)
+    return {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}
 
 
 def _bundled_profiles() -> Path | None:
@@ -118,9 +138,9 @@ def profiles_path(environ: Mapping[str, str], cwd: Path) -> Path | None:
         return _bundled_profiles()
     configured = (
         environ.get("PREFECT_PROFILES_PATH")
-        or read_dotenv(cwd / ".env", encoding=None).get("PREFECT_PROFILES_PATH")
+        or read_dotenv(cwd / ".env").get("PREFECT_PROFILES_PATH")
         or read_toml(cwd / "prefect.toml").get("profiles_path")
-        or read_toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {}).get("profiles_path")
+        or table(read_toml(cwd / "pyproject.toml"), "tool", "prefect").get("profiles_path")
     )
     if configured:
         return cwd / str(configured)  # relative to the working directory, as for Prefect
@@ -138,16 +158,16 @@ def active_profile(
     if any(environ.get(name) for name in TEST_MODE):
         return {}
     path = profiles_path(environ, Path.cwd() if cwd is None else cwd)
-    default = read_toml(_bundled_profiles() or Path())
-    default_profile: dict[str, Any] = default.get("profiles", {}).get(
-        default.get("active", "ephemeral"), {}
-    )
+    bundled = _bundled_profiles()
+    default = read_toml(bundled) if bundled else {}
+    default_profile = table(default, "profiles", str(default.get("active", "ephemeral")))
     if path is None or not path.exists():
         return default_profile
     profiles = read_toml(path)
     active = environ.get("PREFECT_PROFILE") or profiles.get("active")
-    found = profiles.get("profiles", {}).get(active) if isinstance(active, str) else None
-    return found if isinstance(found, dict) else default_profile
+    if not isinstance(active, str) or not active or active not in table(profiles, "profiles"):
+        return default_profile
+    return table(profiles, "profiles", active)
 
 
 def _raw(environ: Mapping[str, str], cwd: Path) -> dict[str, object] | None:
@@ -155,12 +175,14 @@ def _raw(environ: Mapping[str, str], cwd: Path) -> dict[str, object] | None:
     empty value counts, as for Prefect); None where only Prefect can say."""
     if any(key.upper().startswith("PREFECT_") and key != key.upper() for key in environ):
         return None  # Prefect's environment names are case-insensitive: let it decide
-    if (cwd / "prefect.toml").is_file() or "prefect" in read_toml(cwd / "pyproject.toml").get(
-        "tool", {}
-    ):
-        return None  # nested, typed settings: only Prefect reads them right
+    pyproject = read_toml(cwd / "pyproject.toml", strict=True)
+    tool = pyproject.get("tool", {})
+    if (cwd / "prefect.toml").exists() or not isinstance(tool, dict) or "prefect" in tool:
+        return None  # nested, typed settings: only Prefect reads them right (or refuses them)
     dotenv = {key.upper(): value for key, value in read_dotenv(cwd / ".env").items()}
     profile = active_profile(environ, cwd)
+    if any(SECTIONS & set(source) for source in (environ, dotenv, profile)):
+        return None
     found: dict[str, object] = {}
     for name in CLIENT_SETTINGS:
         for source in (environ, dotenv, profile):
@@ -211,13 +233,15 @@ def _headers(value: object) -> dict[str, str]:
     return headers
 
 
-def read(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> ClientSettings | None:
+def read(
+    environ: Mapping[str, str] = os.environ, cwd: Path | None = None
+) -> ConnectionSettings | None:
     """The client settings Prefect would use, or None where only Prefect can say."""
-    raw = _raw(environ, Path.cwd() if cwd is None else cwd)
-    if raw is None:
-        return None
     try:
-        return ClientSettings(
+        raw = _raw(environ, Path.cwd() if cwd is None else cwd)
+        if raw is None:
+            return None
+        return ConnectionSettings(
             api_url=_text(raw[URL]) if URL in raw else None,
             auth_string=_text(raw[AUTH_STRING]) if AUTH_STRING in raw else None,
             api_key=_text(raw[KEY]) if KEY in raw else None,
@@ -227,28 +251,36 @@ def read(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> Cl
             if CERT_FILE in raw
             else environ.get("SSL_CERT_FILE"),
             custom_headers=_headers(raw[HEADERS]) if HEADERS in raw else {},
-            max_retries=_count(raw[MAX_RETRIES]) if MAX_RETRIES in raw else 5,
+            max_retries=_count(raw[MAX_RETRIES]) if MAX_RETRIES in raw else DEFAULT_MAX_RETRIES,
             retry_extra_codes=_codes(raw[RETRY_EXTRA_CODES])
             if RETRY_EXTRA_CODES in raw
             else frozenset(),
         )
-    except ValueError:  # not a plain value (json's errors are ValueErrors too): Prefect's call
-        return None
+    except (OSError, ValueError):  # unreadable, or not a plain value (json's errors too)
+        return None  # Prefect's call: it reads it, or says why it can't
 
 
 def server_configured(environ: Mapping[str, str] = os.environ, cwd: Path | None = None) -> bool:
-    """Whether Prefect would find a ``PREFECT_API_URL`` (where this can't tell, it says yes only
-    for a URL it can see)."""
+    """Whether Prefect would find a server URL: ``read``'s answer, or where it can't tell, the
+    first URL setting found in Prefect's order (an empty one counts: it means none)."""
     cwd = Path.cwd() if cwd is None else cwd
-    for key, value in environ.items():
-        if key.upper() == URL:
-            return bool(value)
-    for key, dotenv_value in read_dotenv(cwd / ".env").items():
-        if key.upper() == URL:
-            return bool(dotenv_value)
-    pyproject = read_toml(cwd / "pyproject.toml").get("tool", {}).get("prefect", {})
-    for table in (read_toml(cwd / "prefect.toml"), pyproject):
-        api = table.get("api", {})
-        if isinstance(api, dict) and "url" in api:
-            return bool(api["url"])
-    return bool(active_profile(environ, cwd).get(URL))
+    settings = read(environ, cwd)
+    if settings is not None:
+        return settings.api_url is not None
+    try:
+        flat = [dict(environ), read_dotenv(cwd / ".env")]
+        nested = [
+            read_toml(cwd / "prefect.toml"),
+            table(read_toml(cwd / "pyproject.toml"), "tool", "prefect"),
+        ]
+        profile = active_profile(environ, cwd)
+    except (OSError, ValueError):
+        return False
+    for source in flat:
+        for key, value in source.items():
+            if key.upper() == URL:
+                return bool(value)
+    for source in nested:
+        if "url" in table(source, "api"):
+            return bool(table(source, "api")["url"])
+    return bool(profile.get(URL))

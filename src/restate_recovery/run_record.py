@@ -31,12 +31,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 
 from restate_recovery import prefect_settings
 from restate_recovery.doctor import AnsweredReadout, readout_markdown, verdict
 from restate_recovery.findings import Finding, doctor_findings
-from restate_recovery.prefect_settings import ClientSettings
+from restate_recovery.prefect_settings import DEFAULT_MAX_RETRIES, ConnectionSettings
 from restate_recovery.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ RETRY_ERRORS: tuple[type[Exception], ...] = (
 )
 BACKOFF_BASE_SECONDS = 2.0
 MAX_RETRY_AFTER_SECONDS = 60.0
-DEFAULT_MAX_RETRIES = 5
 _jitter = random.Random()  # not the global generator: tests and libraries share that one
 
 
@@ -102,7 +102,7 @@ class PrefectConnection:
 PROTECTED_HEADERS = {"user-agent", "prefect-csrf-token", "prefect-csrf-client"}
 
 
-def connection(settings: ClientSettings, api_url: str | None = None) -> PrefectConnection:
+def connection(settings: ConnectionSettings, api_url: str | None = None) -> PrefectConnection:
     """The connection Prefect's client makes with these settings: the auth string before the
     key, then the custom headers (a custom Authorization wins, as in Prefect's client)."""
     headers: dict[str, str] = {}
@@ -115,11 +115,9 @@ def connection(settings: ClientSettings, api_url: str | None = None) -> PrefectC
         if name.lower() not in PROTECTED_HEADERS:
             headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
             headers[name] = value
-    verify: ssl.SSLContext | bool = True
-    if settings.tls_insecure_skip_verify:
-        verify = False
-    elif settings.ssl_cert_file:
-        verify = ssl.create_default_context(cafile=settings.ssl_cert_file)
+    verify: ssl.SSLContext | bool = False  # PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+    if not settings.tls_insecure_skip_verify:  # Prefect's CA file, else certifi's
+        verify = ssl.create_default_context(cafile=settings.ssl_cert_file or certifi.where())
     return PrefectConnection(
         api_url or settings.api_url or "",
         headers,
@@ -153,7 +151,7 @@ def connection_from_prefect() -> PrefectConnection:
         server = SubprocessASGIServer()
         server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
         api_url = server.api_url
-    return connection(ClientSettings.of(settings), api_url)
+    return connection(ConnectionSettings.of(settings), api_url)
 
 
 @dataclass(frozen=True)
