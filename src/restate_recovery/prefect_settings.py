@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,6 @@ class ConnectionSettings:
         )
 
 
-class Unreadable(ValueError):
-    """A file Prefect would refuse to start with."""
-
-
 def read_toml(path: Path, *, strict: bool = False) -> dict[str, Any]:
     """A TOML file: nothing when it is missing, or broken unless ``strict`` (Prefect ignores a
     broken profiles file but refuses a broken ``pyproject.toml``)."""
@@ -102,7 +98,7 @@ def read_toml(path: Path, *, strict: bool = False) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         if strict:
-            raise Unreadable(f"{path}: {exc}") from exc
+            raise ValueError(f"{path}: {exc}") from exc
         return {}
 
 
@@ -241,20 +237,20 @@ def read(
         raw = _raw(environ, Path.cwd() if cwd is None else cwd)
         if raw is None:
             return None
+
+        def pick(name: str, parse: Callable[[object], Any], default: Any = None) -> Any:
+            return parse(raw[name]) if name in raw else default
+
         return ConnectionSettings(
-            api_url=_text(raw[URL]) if URL in raw else None,
-            auth_string=_text(raw[AUTH_STRING]) if AUTH_STRING in raw else None,
-            api_key=_text(raw[KEY]) if KEY in raw else None,
-            tls_insecure_skip_verify=_flag(raw[SKIP_VERIFY]) if SKIP_VERIFY in raw else False,
+            api_url=pick(URL, _text),
+            auth_string=pick(AUTH_STRING, _text),
+            api_key=pick(KEY, _text),
+            tls_insecure_skip_verify=pick(SKIP_VERIFY, _flag, False),
             # Prefect's default is SSL_CERT_FILE, as read when it is imported
-            ssl_cert_file=_text(raw[CERT_FILE])
-            if CERT_FILE in raw
-            else environ.get("SSL_CERT_FILE"),
-            custom_headers=_headers(raw[HEADERS]) if HEADERS in raw else {},
-            max_retries=_count(raw[MAX_RETRIES]) if MAX_RETRIES in raw else DEFAULT_MAX_RETRIES,
-            retry_extra_codes=_codes(raw[RETRY_EXTRA_CODES])
-            if RETRY_EXTRA_CODES in raw
-            else frozenset(),
+            ssl_cert_file=pick(CERT_FILE, _text, environ.get("SSL_CERT_FILE") or None),
+            custom_headers=pick(HEADERS, _headers, {}),
+            max_retries=pick(MAX_RETRIES, _count, DEFAULT_MAX_RETRIES),
+            retry_extra_codes=pick(RETRY_EXTRA_CODES, _codes, frozenset()),
         )
     except (OSError, ValueError):  # unreadable, or not a plain value (json's errors too)
         return None  # Prefect's call: it reads it, or says why it can't
