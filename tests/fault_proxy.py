@@ -129,14 +129,14 @@ class FaultProxy:
 
 
 @contextmanager
-def running(proxy: FaultProxy, *, keep_alive: float = 5.0) -> Iterator[FaultProxy]:
+def running(proxy: FaultProxy, *, keep_alive: int = 5) -> Iterator[FaultProxy]:
     """Serve the proxy; ``keep_alive``: how long it keeps an idle client connection open."""
     config = uvicorn.Config(
         proxy,
         host="127.0.0.1",
         port=proxy.port,
         log_level="critical",
-        timeout_keep_alive=int(keep_alive),
+        timeout_keep_alive=keep_alive,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

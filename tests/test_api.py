@@ -24,7 +24,7 @@ from restate_recovery.demo.local_stack import (
     wait_for_status,
 )
 from tests.conftest import SESSION_DIR, RestateStack
-from tests.helpers import closed_port_url
+from tests.helpers import artifacts_of, closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -398,11 +398,7 @@ def test_the_doctor_answers_first_and_records_exactly_that_readout_as_a_flow_run
     assert (row["route"], row["outcome"], row["error"]) == ("doctor", "success", None)
     run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10).json()
     assert run["state_type"] == "COMPLETED" and run["parameters"] == {}
-    artifacts = httpx.post(
-        f"{prefect_server.api_url}/artifacts/filter",
-        json={"artifacts": {"flow_run_id": {"any_": [row["flowRunId"]]}}},
-        timeout=10,
-    ).json()
+    artifacts = artifacts_of(prefect_server.api_url, row["flowRunId"])
     assert [a["data"] for a in artifacts] == [readout_markdown(answered)]
 
 

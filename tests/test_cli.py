@@ -15,7 +15,7 @@ import pytest
 from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
 from tests.conftest import RestateStack
 from tests.fault_proxy import FaultProxy, running
-from tests.helpers import closed_port_url
+from tests.helpers import artifacts_of, closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -86,11 +86,7 @@ def test_doctor_records_exactly_the_printed_readout_as_a_run_before_it_exits(
         "COMPLETED",
         ["via:CLI"],
     )
-    artifacts = httpx.post(
-        f"{api}/artifacts/filter",
-        json={"artifacts": {"flow_run_id": {"any_": [row["flowRunId"]]}}},
-        timeout=10,
-    ).json()
+    artifacts = artifacts_of(api, row["flowRunId"])
     assert [a["data"] for a in artifacts] == [readout_markdown(printed)]
 
 

@@ -265,4 +265,5 @@ async def test_connections_a_proxy_closed_while_idle_are_replaced_not_reported(
             await clients.aclose()
     for readout in readouts:
         assert {p.status for _, p in readout} == {"ok"}
+    assert all(ports)  # the small admin probes did go through the proxy
     assert not ports[0] & ports[1] and not ports[1] & ports[2]  # new connections each time

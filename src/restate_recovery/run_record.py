@@ -220,8 +220,8 @@ class RunRecorder:
             return self._http
 
     async def _post(self, http: httpx.AsyncClient, path: str, body: Any) -> Any:
-        max_retries = self._connection.max_retries if self._connection else DEFAULT_MAX_RETRIES
-        retry_statuses = self._connection.retry_statuses if self._connection else RETRY_STATUSES
+        assert self._connection is not None  # set by _client(), which gave us http
+        max_retries, retry_statuses = self._connection.max_retries, self._connection.retry_statuses
         tries, csrf_renewed = 0, False
         while True:
             retry_errors = RETRY_ERRORS + ((httpx.ConnectError,) if self._connected else ())
