@@ -3,11 +3,12 @@
 
 - an Alertmanager alert (``restate.alert.firing``, posted to the operator API's /alerts route)
   runs the doctor;
-- a terminal-failed workflow key found by the doctor runs recover-stuck-workflow for that key;
-- RESTATE_SERVICE_URL not registered runs force-redeploy of it (its redacted form: the worker
-  holds the credentials; auto-approved only with RECOVERY_AUTO_APPROVE_REDEPLOY=true);
-- more than one deployment, with RESTATE_SERVICE_URL registered, runs cleanup-stale-deployments
-  keeping it.
+- each doctor finding that maps to a write runbook (the registry's ``finding``; the finding names
+  it in its resource label ``restate.runbook``) runs that runbook with the finding's request:
+  a terminal-failed workflow key -> recover-stuck-workflow for that key; RESTATE_SERVICE_URL not
+  registered -> force-redeploy of it (its redacted form: the worker holds the credentials;
+  auto-approved only with RECOVERY_AUTO_APPROVE_REDEPLOY=true); more than one deployment, with
+  RESTATE_SERVICE_URL registered -> cleanup-stale-deployments keeping it.
 
 Every write runs with ``require_approval``: it plans (a dry run, in its incident record) and pauses
 until an operator resumes it in the Prefect UI with an Approval (approve/reject, who, why).
@@ -24,12 +25,14 @@ from prefect.client.orchestration import get_client
 from prefect.events.actions import RunDeployment
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-DEPLOYMENTS = {
-    "doctor": "restate-doctor/doctor",
-    "force-redeploy": "force-redeploy/manual",
-    "cleanup-stale-deployments": "cleanup-stale-deployments/manual",
-    "recover-stuck-workflow": "recover-stuck-workflow/manual",
-}
+from restate_recovery.doctor.findings import RUNBOOK_LABEL
+from restate_recovery.runbooks import DOCTOR, RUNBOOKS, WRITES, Runbook
+
+ALERT_RUNS_DOCTOR = "restate-alert-runs-doctor"
+
+
+def automation_name(runbook: Runbook) -> str:
+    return f"restate-finding-runs-{runbook.name}"
 
 
 def _on(event: str, **trigger: Any) -> EventTrigger:
@@ -39,72 +42,47 @@ def _on(event: str, **trigger: Any) -> EventTrigger:
 
 
 def definitions(ids: dict[str, UUID]) -> list[Automation]:
-    def run(name: str, parameters: dict[str, Any]) -> RunDeployment:
-        return RunDeployment(source="selected", deployment_id=ids[name], parameters=parameters)
-
-    return [
+    """The automations, given the deployment id of each runbook (by route name)."""
+    automations = [
         Automation(
-            name="restate-alert-runs-doctor",
+            name=ALERT_RUNS_DOCTOR,
             description="An Alertmanager alert about Restate runs the doctor.",
             trigger=_on("restate.alert.firing"),
-            actions=[run("doctor", {})],
-        ),
-        Automation(
-            name="restate-terminal-failure-recovers-key",
-            description="A terminal-failed workflow key: recover it, after approval.",
-            trigger=_on(
-                "restate.doctor.workflow.terminal-failed",
-                match={"prefect.resource.id": "restate.workflow.*"},
-                for_each={"prefect.resource.id"},
-            ),
-            actions=[
-                run(
-                    "recover-stuck-workflow",
-                    {
-                        "service_name": "{{ event.payload.serviceName }}",
-                        "service_key": "{{ event.payload.serviceKey }}",
-                        "require_approval": True,
-                    },
-                )
-            ],
-        ),
-        Automation(
-            name="restate-service-url-unregistered-redeploys",
-            description="RESTATE_SERVICE_URL is not registered: register it, after approval.",
-            trigger=_on("restate.doctor.service-url.unregistered"),
-            actions=[
-                run(
-                    "force-redeploy",
-                    {"service_url": "{{ event.payload.serviceUrl }}", "require_approval": True},
-                )
-            ],
-        ),
-        Automation(
-            name="restate-multiple-deployments-cleanup",
-            description="More than one deployment: keep RESTATE_SERVICE_URL's, after approval.",
-            trigger=_on(
-                "restate.doctor.deployments.multiple",
-                match={"prefect.resource.id": "restate.deployments"},
-            ),
-            actions=[
-                run(
-                    "cleanup-stale-deployments",
-                    {
-                        "service_url": "{{ event.payload.keepServiceUrl }}",
-                        "require_approval": True,
-                    },
-                )
-            ],
-        ),
+            actions=[RunDeployment(source="selected", deployment_id=ids[DOCTOR.name])],
+        )
     ]
+    for runbook in WRITES:
+        assert runbook.finding is not None
+        automations.append(
+            Automation(
+                name=automation_name(runbook),
+                description=f"A doctor finding ({runbook.finding}) runs {runbook.name}, "
+                "after approval.",
+                trigger=_on(
+                    runbook.finding,
+                    match={RUNBOOK_LABEL: runbook.name},
+                    for_each={"prefect.resource.id"},
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=ids[runbook.name],
+                        parameters={
+                            "request": "{{ event.payload.request }}",
+                            "require_approval": True,
+                        },
+                    )
+                ],
+            )
+        )
+    return automations
 
 
 async def apply() -> list[str]:
     """Create (or replace) the automations; returns their names."""
     async with get_client() as client:
         ids = {
-            key: (await client.read_deployment_by_name(name)).id
-            for key, name in DEPLOYMENTS.items()
+            r.name: (await client.read_deployment_by_name(r.deployment_name)).id for r in RUNBOOKS
         }
         existing = {a.name: a.id for a in await client.read_automations()}
         names = []

@@ -8,30 +8,21 @@ component marks only itself ``degraded`` (error status, unexpected payload) or `
 Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
 (RESTATE_ADMIN_UNREACHABLE).
 Through the operator API and the CLI the probes run at once, the answer is given as soon as they
-are done, and that very readout is then recorded as a run of this flow, with the same artifact,
-events and verdict (restate_recovery.run_record, over Prefect's REST API: no second probe).
+are done, and that very answer is then recorded by ``record_answer`` below: a run of this same
+flow name, with the same artifact, events and verdict, and no second probe.
 Verify / undo: nothing to undo. The run leaves the readout as a markdown artifact, and emits a
-Prefect event per finding (restate_recovery.findings) for automations to act on.
+Prefect event per finding (restate_recovery.doctor.findings) for automations to act on.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
 
-from restate_recovery.doctor import (
-    ProbeSet,
-    readout_markdown,
-    resolve_endpoints,
-    run_doctor,
-    verdict,
-)
-from restate_recovery.findings import doctor_findings
-from restate_recovery.models import DoctorReadout
-from restate_recovery.run_record import ARTIFACT_DESCRIPTION, ARTIFACT_KEY
+from restate_recovery.doctor.probes import ProbeSet, resolve_endpoints, run_doctor
+from restate_recovery.models import DoctorAnswer, DoctorReadout
 from restate_recovery.settings import get_settings
 from tasks import probes
-from tasks.events import emit_findings
+from tasks.report import report_readout
 
 PROBE_TASKS = ProbeSet(
     ingress=probes.probe_ingress,
@@ -46,11 +37,20 @@ PROBE_TASKS = ProbeSet(
 async def doctor() -> DoctorReadout:
     """Read-only readout of Restate: ingress, admin, deployments, services, invocations."""
     readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
-    await acreate_markdown_artifact(
-        markdown=readout_markdown(readout),
-        key=ARTIFACT_KEY,
-        description=ARTIFACT_DESCRIPTION,
+    await report_readout(readout)
+    return readout
+
+
+@flow(name="restate-doctor", flow_run_name="restate-doctor")
+async def record_answer(answer: DoctorAnswer) -> DoctorReadout:
+    """A doctor answer the operator API or the CLI already gave, recorded as it was.
+
+    Args:
+        answer: The answered readout (redacted) or error, who asked, and where.
+    """
+    get_run_logger().info(
+        "answered by the %s to %s (request %s)", answer.source, answer.actor, answer.request_id
     )
-    emit_findings(doctor_findings(readout, get_settings().restate_service_url))
-    get_run_logger().info("doctor: %s", verdict(readout))
+    readout = answer.unwrap()  # an answered error ends this run Failed with its code
+    await report_readout(readout)
     return readout

@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from restate_recovery.findings import Finding
+from restate_recovery.doctor.findings import Finding
 
 
 @task(name="emit-findings", cache_policy=NO_CACHE)

@@ -13,8 +13,8 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from restate_recovery import doctor as probes
 from restate_recovery.client import RestateAdminClient
+from restate_recovery.doctor import probes
 from restate_recovery.models import (
     AdminReadout,
     DeploymentsReadout,

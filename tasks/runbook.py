@@ -1,16 +1,18 @@
 """The shared shape of every write runbook: doctor -> guard -> one write -> verify-doctor.
 
-``run_write_runbook`` is called by each flow with its one write as a task. It keeps the incident
-record (published as a markdown artifact whatever happens), takes the per-target lock for real
-writes, and re-raises refusals so that the run ends Failed with the error code in its message.
+``run_write_runbook`` is called by each flow with its request and its one write task. It keeps the
+incident record (published as a markdown artifact whatever happens), takes the per-target lock
+for real writes, and re-raises refusals so that the run ends Failed with the error code in its
+message. A run started from a Prefect deployment (UI, schedule, automation) is audited here, one
+row per run whatever its end (refused at the guard or the approval included); runs the operator
+API or the CLI's local mode start are audited by them (``restate_recovery.execution``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
@@ -20,18 +22,23 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import deployment, flow_run
 
-from restate_recovery.doctor import Endpoints, guard_admin, run_doctor
-from restate_recovery.errors import OperatorError, RecoveryInProgressError
-from restate_recovery.incident import IncidentRecord
+from restate_recovery.audit import Attempt, AuditedAttempt, arguments_of
+from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
+from restate_recovery.errors import RecoveryInProgressError
 from restate_recovery.models import ApiModel, DoctorReadout
-from restate_recovery.operations import record_finish, record_start
-from restate_recovery.schemas import WriteOutcome
+from restate_recovery.redaction import redact_url
+from restate_recovery.runbooks import Runbook
+from restate_recovery.runbooks.guard import guard_admin
+from restate_recovery.runbooks.incident import IncidentRecord
+from restate_recovery.schemas import RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
-from restate_recovery.store import AuditCreate
-from restate_recovery.urls import redact_url
 from tasks.approval import await_approval, refuse_unless_approved
 
 LOCK_PREFIX = "restate-recovery"
+
+RequestT = TypeVar("RequestT", bound=RequestModel)
+WriteTask = Callable[[Endpoints, RequestT, bool], Awaitable[WriteOutcome]]
+Verify = Callable[[RequestT, ApiModel, DoctorReadout], str]
 
 
 @task(name="doctor-before", cache_policy=NO_CACHE)
@@ -72,58 +79,57 @@ async def target_lock(target: str) -> AsyncIterator[None]:
 
 
 async def run_write_runbook(
+    runbook: Runbook,
+    request: RequestT,
     *,
-    record: IncidentRecord,
-    endpoints: Endpoints,
-    lock_target: str,
-    write: Callable[[bool], Awaitable[WriteOutcome]],
-    verify: Callable[[ApiModel, DoctorReadout], str],
-    require_approval: bool = False,
+    write: WriteTask[RequestT],
+    verify: Verify[RequestT],
+    dry_run: bool,
+    require_approval: bool,
     auto_approve_reason: str | None = None,
 ) -> dict[str, Any]:
-    """doctor -> guard -> [plan, approval] -> ``write`` (one task) -> verify-doctor.
-
-    ``write(dry_run)`` is the runbook's one write task. The incident record is published whatever
-    happens. A run started from a Prefect deployment (UI, schedule, automation) writes its own
-    audit row when it writes; CLI and API runs are audited by their caller.
-    """
+    """doctor -> guard -> [plan, approval] -> ``write`` (one task) -> verify-doctor."""
     logger = get_run_logger()
+    record = IncidentRecord(action=runbook.name, parameters=request.to_json(), dry_run=dry_run)
+    trail: AuditedAttempt | None = None
     wrote = False
-    attempt_id: int | None = None
+    endpoints: Endpoints | None = None
     try:
+        endpoints = resolve_endpoints(get_settings())
         record.before = await doctor_before(endpoints)
         guard_admin(record.before)
-        if require_approval and not record.dry_run:
-            record.plan = (await write(True)).plan
+        if require_approval and not dry_run:
+            record.plan = (await write(endpoints, request, True)).plan
             await publish(record)
             record.approval = await await_approval(
                 timeout=get_settings().recovery_approval_timeout_seconds,
                 auto_reason=auto_approve_reason,
             )
             refuse_unless_approved(record.approval)
-        if record.dry_run:
-            outcome = await write(True)
+        trail = await deployment_trail(runbook, request, record)
+        if dry_run:
+            outcome = await write(endpoints, request, True)
         else:
-            attempt_id = await audit_deployment_run(record)
-            async with target_lock(lock_target):
+            async with target_lock(runbook.lock_target(request)):
                 wrote = True
-                outcome = await write(False)
+                outcome = await write(endpoints, request, False)
         record.plan, record.details = outcome.plan, outcome.details
-        record.outcome = "dry run: nothing changed" if record.dry_run else "acknowledged"
+        record.outcome = "dry run: nothing changed" if dry_run else "acknowledged"
         if wrote:
             record.after = await verify_doctor(endpoints)
-            record.verification = redact_url(verify(outcome.result, record.after))
+            record.verification = redact_url(verify(request, outcome.result, record.after))
             logger.info("verify: %s", record.verification)
-        if attempt_id is not None:
-            await asyncio.to_thread(record_finish, attempt_id, "success", None, flow_run.id)
+        if trail is not None:
+            await trail.finish()
         return outcome.result.to_json()
-    except OperatorError as exc:
+    except BaseException as exc:
         record.fail(exc)
         logger.error("%s", exc)
-        if wrote:  # the write may have done part of its work: show what the engine looks like now
+        if wrote and endpoints is not None:  # the write may have done part of its work
             record.after = await verify_doctor(endpoints)
-        if attempt_id is not None:
-            await asyncio.to_thread(record_finish, attempt_id, "failure", exc.body(), flow_run.id)
+        trail = trail or await deployment_trail(runbook, request, record)
+        if trail is not None:
+            await trail.finish(exc)
         raise
     finally:
         await publish(record)
@@ -137,17 +143,40 @@ async def publish(record: IncidentRecord) -> None:
     )
 
 
-async def audit_deployment_run(record: IncidentRecord) -> int | None:
-    """The audit row of a write started from a Prefect deployment (None for CLI/API runs)."""
+async def deployment_trail(
+    runbook: Runbook, request: RequestModel, record: IncidentRecord
+) -> AuditedAttempt | None:
+    """The audit row of a run started from a Prefect deployment, begun now (None for runs of the
+    API and the CLI, which audit their own). Its actor is who approved the write, else what
+    created the run (an automation, a schedule, or a person in the Prefect UI)."""
     if deployment.id is None:
         return None
     approval = record.approval or {}
-    attempt = AuditCreate(
-        actor_user_id=str(approval.get("approver") or "prefect-deployment"),
-        role_at_time="approver" if approval else "prefect",
-        route=record.action,
-        arguments={**record.parameters, "approval": approval or None},
-        reason=approval.get("reason"),
-        request_id=None,
+    if approval:
+        actor, role = str(approval["approver"]), "approver"
+    else:
+        actor, role = await run_creator()
+    trail = AuditedAttempt(
+        Attempt(
+            actor=actor,
+            role=role,
+            route=runbook.name,
+            arguments=arguments_of(request, dry_run=record.dry_run, approval=approval or None),
+            reason=approval.get("reason"),
+        )
     )
-    return await asyncio.to_thread(record_start, attempt, None)
+    trail.flow_run_id = str(flow_run.id)
+    await trail.start()
+    return trail
+
+
+async def run_creator() -> tuple[str, str]:
+    """(actor, role) of what created this run: ``created_by`` says automation or schedule; a run
+    from the UI or the API has none (Prefect OSS has no users)."""
+    async with get_client() as client:
+        created_by = (await client.read_flow_run(flow_run.id)).created_by
+    if created_by is not None and created_by.type == "AUTOMATION":
+        return f"automation:{created_by.display_value}", "prefect-automation"
+    if created_by is not None and created_by.type == "SCHEDULE":
+        return f"schedule:{created_by.display_value}", "prefect-schedule"
+    return "prefect-deployment", "prefect"

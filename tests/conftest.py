@@ -29,13 +29,13 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["RECOVERY_DATABASE_URL"] = f"sqlite:///{SESSION_DIR / 'recovery.db'}"
 
-from restate_recovery.demo.local_stack import (  # noqa: E402
+from restate_recovery.settings import DATA_DIR, get_settings  # noqa: E402
+from tests.support.local_stack import (  # noqa: E402
     PrefectServer,
     RestateServer,
     SampleService,
     free_port,
 )
-from restate_recovery.settings import DATA_DIR, get_settings  # noqa: E402
 
 PREFECT_PORT = free_port()
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PREFECT_PORT}/api"

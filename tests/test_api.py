@@ -16,15 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from restate_recovery.demo.local_stack import (
+from tests.conftest import SESSION_DIR, RestateStack
+from tests.support.helpers import artifacts_of, closed_port_url
+from tests.support.local_stack import (
     OperatorApi,
     PrefectServer,
     SampleService,
     submit_workflow,
     wait_for_status,
 )
-from tests.conftest import SESSION_DIR, RestateStack
-from tests.helpers import artifacts_of, closed_port_url
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -387,7 +387,7 @@ def test_openapi_document_lists_the_four_routes(api: OperatorApi) -> None:
 def test_the_doctor_answers_first_and_records_exactly_that_readout_as_a_flow_run(
     api: OperatorApi, operator_key: str, prefect_server: PrefectServer
 ) -> None:
-    from restate_recovery.doctor import readout_markdown
+    from restate_recovery.doctor.render import readout_markdown
     from restate_recovery.models import DoctorReadout
 
     response = post(api, "doctor", {}, operator_key, **{"X-Request-Id": "recorded-doctor"})
@@ -397,7 +397,9 @@ def test_the_doctor_answers_first_and_records_exactly_that_readout_as_a_flow_run
     row = finished_row_for(api, "recorded-doctor")
     assert (row["route"], row["outcome"], row["error"]) == ("doctor", "success", None)
     run = httpx.get(f"{prefect_server.api_url}/flow_runs/{row['flowRunId']}", timeout=10).json()
-    assert run["state_type"] == "COMPLETED" and run["parameters"] == {}
+    assert run["state_type"] == "COMPLETED"
+    recorded = run["parameters"]["answer"]
+    assert (recorded["readout"], recorded["actor"]) == (response.json(), "user_ops_1")
     artifacts = artifacts_of(prefect_server.api_url, row["flowRunId"])
     assert [a["data"] for a in artifacts] == [readout_markdown(answered)]
 

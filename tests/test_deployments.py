@@ -10,17 +10,17 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-from restate_recovery.demo.local_stack import (
+from restate_recovery.errors import AdminUnreachableError, DeploymentNotFoundError
+from restate_recovery.settings import get_settings
+from tests.conftest import RestateStack
+from tests.support.helpers import closed_port_url
+from tests.support.local_stack import (
     PrefectServer,
     SampleService,
     submit_workflow,
     wait_for_status,
 )
-from restate_recovery.errors import AdminUnreachableError, DeploymentNotFoundError
-from restate_recovery.runbooks import run_flow
-from restate_recovery.settings import get_settings
-from tests.conftest import RestateStack
-from tests.helpers import closed_port_url
+from tests.support.runbooks import run_flow
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -172,8 +172,8 @@ async def test_cleanup_dry_run_changes_nothing(
 
 def test_cleanup_spares_the_only_deployment_of_a_service_the_kept_one_lacks() -> None:
     """Keep a deployment that serves nothing the other serves: the other is left alone."""
-    from restate_recovery.cleanup import build_plan
     from restate_recovery.models import Deployment, ServiceInfo, ServiceRevision
+    from restate_recovery.runbooks.cleanup import build_plan
     from restate_recovery.schemas import CleanupStaleDeploymentsRequest
 
     keep = Deployment(id="dp_keep", uri="http://a/", services=[ServiceRevision(name="A")])

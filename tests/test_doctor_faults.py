@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from restate_recovery.doctor import Endpoints, run_doctor
+from restate_recovery.doctor.probes import Endpoints, run_doctor
 from restate_recovery.models import DoctorReadout
 
 ENDPOINTS = Endpoints(

@@ -13,11 +13,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.models import DoctorReadout
-from restate_recovery.runbooks import load_flow, run_flow
+from restate_recovery.runbooks import RUNBOOKS
 from tests.conftest import RestateStack
+from tests.support.local_stack import PrefectServer, submit_workflow, wait_for_status
+from tests.support.runbooks import run_flow
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -89,5 +90,9 @@ async def test_doctor_flow_without_admin_url_fails_with_the_code(
     assert "RESTATE_ADMIN_UNREACHABLE" in (message or "")
 
 
-def test_the_flow_is_named_for_the_route() -> None:
-    assert load_flow("doctor").name == "restate-doctor"
+def test_every_runbook_names_its_flow_and_deployment_as_prefect_sees_them() -> None:
+    for runbook in RUNBOOKS:
+        flow = runbook.flow()
+        assert flow.name == runbook.flow_name
+        assert runbook.deployment_name == f"{flow.name}/{runbook.deployment}"
+        assert runbook.entrypoint.startswith(f"flows/{flow.fn.__name__}.py:")

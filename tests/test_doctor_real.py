@@ -9,13 +9,13 @@ import uuid
 import httpx
 import pytest
 
-from restate_recovery.demo.local_stack import submit_workflow, wait_for_status
-from restate_recovery.doctor import Endpoints, ProbeClients, resolve_endpoints, run_doctor
+from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.settings import Settings
 from tests.conftest import RestateStack
-from tests.fault_proxy import FaultProxy, running
-from tests.helpers import black_hole_url, closed_port_url
+from tests.support.fault_proxy import FaultProxy, running
+from tests.support.helpers import black_hole_url, closed_port_url
+from tests.support.local_stack import submit_workflow, wait_for_status
 
 pytestmark = pytest.mark.restate
 

@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from restate_recovery.demo.local_stack import PrefectServer, submit_workflow, wait_for_status
 from restate_recovery.errors import AdminUnreachableError, RetryBlockedError
-from restate_recovery.runbooks import run_flow
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
-from tests.fault_proxy import Fault, FaultProxy, running
+from tests.support.fault_proxy import Fault, FaultProxy, running
+from tests.support.local_stack import PrefectServer, submit_workflow, wait_for_status
+from tests.support.runbooks import run_flow
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -104,7 +104,7 @@ async def test_recover_refuses_on_faulty_queries_and_converges_after(
     prefect_server: PrefectServer, proxy: FaultProxy, restate: RestateStack
 ) -> None:
     key, invocation_id = failed_key(restate)
-    recover = {"service_name": WORKFLOW, "service_key": key}
+    recover: dict[str, Any] = {"service_name": WORKFLOW, "service_key": key}
 
     proxy.rules[("POST", "/query")] = Fault(status=500, body=b'{"message":"Datafusion error"}')
     with pytest.raises(RetryBlockedError) as blocked:
@@ -187,7 +187,7 @@ async def test_restate_killed_during_a_cleanup_is_not_reported_as_success(
     fresh_restate: RestateStack,
     tmp_path: Any,
 ) -> None:
-    from restate_recovery.demo.local_stack import SampleService
+    from tests.support.local_stack import SampleService
 
     other = SampleService(tmp_path / "other").start()
     try:

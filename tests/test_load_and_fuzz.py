@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from sqlmodel import Session
 
 from restate_recovery import store
-from restate_recovery.demo.load import run_load
-from restate_recovery.demo.local_stack import OperatorApi, PrefectServer
 from tests.conftest import SESSION_DIR, RestateStack
-from tests.helpers import closed_port_url
+from tests.support.helpers import closed_port_url
+from tests.support.local_stack import OperatorApi, PrefectServer
+from tools.load import run_load
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 

@@ -25,7 +25,9 @@ from prefect.flow_runs import aresume_flow_run
 from sqlmodel import Session
 
 from restate_recovery import store
-from restate_recovery.demo.local_stack import (
+from tests.conftest import SESSION_DIR
+from tests.support.local_stack import (
+    PROJECT_DIR,
     OperatorApi,
     PrefectServer,
     RestateServer,
@@ -33,8 +35,6 @@ from restate_recovery.demo.local_stack import (
     submit_workflow,
     wait_for_status,
 )
-from restate_recovery.settings import PROJECT_DIR
-from tests.conftest import SESSION_DIR
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
@@ -141,6 +141,11 @@ def failed_key(deployed: Deployed, prefix: str) -> tuple[str, str]:
     return key, invocation_id
 
 
+def audit_rows(deployed: Deployed) -> list[dict[str, Any]]:
+    with Session(store.engine_for(deployed.env["RECOVERY_DATABASE_URL"])) as session:
+        return [store.audit_public(r) for r in store.list_attempts(session=session, limit=200)]
+
+
 def invocations_of(deployed: Deployed, key: str) -> list[dict[str, Any]]:
     response = httpx.post(
         f"{deployed.restate.admin_url}/query",
@@ -180,22 +185,46 @@ async def test_manual_runs_of_each_write_deployment_with_ui_parameters(
 
     recovered = await arun_deployment(
         "recover-stuck-workflow/manual",
-        parameters={"service_name": WORKFLOW, "service_key": key},
+        parameters={"request": {"serviceName": WORKFLOW, "serviceKey": key}},
         timeout=180,
     )
     registered = await arun_deployment(
-        "force-redeploy/manual", parameters={"service_url": deployed.service_url}, timeout=180
+        "force-redeploy/manual",
+        parameters={"request": {"serviceUrl": deployed.service_url}},
+        timeout=180,
     )
     planned = await arun_deployment(
         "cleanup-stale-deployments/manual",
-        parameters={"service_url": deployed.service_url + "/", "dry_run": True},
+        parameters={"request": {"serviceUrl": deployed.service_url + "/"}, "dry_run": True},
+        timeout=180,
+    )
+
+    succeeded = f"uiok_{uuid.uuid4().hex[:8]}"
+    wait_for_status(
+        deployed.restate.admin_url,
+        submit_workflow(deployed.restate.ingress_url, succeeded, "succeed"),
+        "completed",
+    )
+    refused = await arun_deployment(
+        "recover-stuck-workflow/manual",
+        parameters={"request": {"serviceName": WORKFLOW, "serviceKey": succeeded}},
         timeout=180,
     )
 
     for flow_run in (recovered, registered, planned):
         assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert refused.state is not None and refused.state.is_failed()
     assert recovered.name == f"recover-stuck-workflow/{WORKFLOW}/{key}"
     assert invocations_of(deployed, key) == []
+    # every deployment run is audited once, refused ones included, by the run itself
+    rows = {r["flowRunId"]: r for r in audit_rows(deployed)}
+    for flow_run in (recovered, registered, planned, refused):
+        row = rows[str(flow_run.id)]
+        assert (row["actorUserId"], row["roleAtTime"]) == ("prefect-deployment", "prefect")
+        assert row["finishedAt"] is not None
+    assert rows[str(refused.id)]["error"]["code"] == "RESTATE_WORKFLOW_RETRY_BLOCKED"
+    assert rows[str(planned.id)]["arguments"]["dryRun"] is True
+    assert rows[str(recovered.id)]["outcome"] == "success"
 
 
 async def test_an_alert_runs_the_doctor_which_pauses_a_recovery_until_approved(
@@ -231,8 +260,7 @@ async def test_an_alert_runs_the_doctor_which_pauses_a_recovery_until_approved(
     await wait_for_run("restate-doctor/doctor", "COMPLETED", doctor_runs)
     paused = await wait_for_run("recover-stuck-workflow/manual", "PAUSED", recover_runs)
     assert paused.parameters == {
-        "service_name": WORKFLOW,
-        "service_key": key,
+        "request": {"serviceName": WORKFLOW, "serviceKey": key},
         "require_approval": True,
     }
     assert paused.created_by is not None and paused.created_by.type == "AUTOMATION"
@@ -253,8 +281,7 @@ async def test_an_alert_runs_the_doctor_which_pauses_a_recovery_until_approved(
     assert (
         len([r for r in new_doctor_runs if r.created_by and r.created_by.type == "AUTOMATION"]) == 1
     )
-    with Session(store.engine_for(deployed.env["RECOVERY_DATABASE_URL"])) as session:
-        rows = [store.audit_public(r) for r in store.list_attempts(session=session, limit=20)]
+    rows = audit_rows(deployed)
     (row,) = [
         r for r in rows if r["route"] == "recover-stuck-workflow" and r["actorUserId"] == "alice"
     ]

@@ -16,14 +16,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from restate_recovery.demo.local_stack import (
+from restate_recovery.errors import RetryBlockedError
+from tests.conftest import RestateStack
+from tests.support.local_stack import (
     PrefectServer,
     submit_workflow,
     wait_for_status,
 )
-from restate_recovery.errors import RetryBlockedError
-from restate_recovery.runbooks import run_flow
-from tests.conftest import RestateStack
+from tests.support.runbooks import run_flow
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 

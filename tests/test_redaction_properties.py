@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prefect.utilities.math import clamped_poisson_interval
 
-from restate_recovery.redaction import redact_arguments
-from restate_recovery.urls import redact_url
+from restate_recovery.redaction import redact_arguments, redact_url
 
 pytestmark = pytest.mark.usefixtures("background_threads_own_random")
 

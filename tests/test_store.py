@@ -132,7 +132,8 @@ async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
 ) -> None:
     import asyncio
 
-    from restate_recovery import operations
+    from restate_recovery import execution
+    from restate_recovery.audit import Attempt
     from restate_recovery.settings import get_settings
 
     url = f"sqlite:///{tmp_path / 'audit.db'}"
@@ -145,10 +146,10 @@ async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
         probing.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(operations, "run_doctor", never_answers)
-    recorder = operations.DoctorRecorder(source="test", max_pending=1)
+    monkeypatch.setattr(execution, "run_doctor", never_answers)
+    recorder = execution.DoctorAnswers(source="test", max_pending=1)
     call = asyncio.create_task(
-        recorder.answer(actor=operations.Actor("u", "ops"), reason=None, request_id="gone")
+        recorder.answer(Attempt(actor="u", role="ops", route="doctor", request_id="gone"))
     )
     await probing.wait()
     call.cancel()

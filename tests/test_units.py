@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from restate_recovery import prefect_env, prefect_settings
-from restate_recovery.doctor import (
+from restate_recovery.doctor.probes import (
     UnexpectedRows,
     count_by_status,
     failures_from_rows,
@@ -155,7 +154,7 @@ def test_paused_error_messages_keep_the_latest_event() -> None:
 
 
 def test_doctor_findings_name_what_they_found() -> None:
-    from restate_recovery.findings import doctor_findings
+    from restate_recovery.doctor.findings import doctor_findings
     from restate_recovery.models import (
         AdminReadout,
         DeploymentItem,
@@ -208,14 +207,23 @@ def test_doctor_findings_name_what_they_found() -> None:
     terminal = found["restate.doctor.workflow.terminal-failed"]
     assert terminal.resource["prefect.resource.id"] == "restate.workflow.W.k1"  # not k2
     assert "pw" not in str(terminal.payload)
-    assert found["restate.doctor.service-url.unregistered"].payload == {
-        "serviceUrl": "http://REDACTED@live:9080"
+    assert terminal.runbook == "recover-stuck-workflow"
+    assert terminal.payload["request"] == {"serviceName": "W", "serviceKey": "k1"}
+    unregistered = found["restate.doctor.service-url.unregistered"]
+    assert unregistered.payload == {
+        "serviceUrl": "http://REDACTED@live:9080",
+        "runbook": "force-redeploy",
+        "request": {"serviceUrl": "http://REDACTED@live:9080", "force": True},
     }
-    assert found["restate.doctor.deployments.multiple"].payload["keepServiceUrl"] is None
+    assert found["restate.doctor.component.unhealthy"].runbook is None
+    nothing_to_keep = found["restate.doctor.deployments.multiple"]
+    assert nothing_to_keep.payload["keepServiceUrl"] is None and nothing_to_keep.runbook is None
     registered = doctor_findings(readout, "http://new:9080")
     assert "restate.doctor.service-url.unregistered" not in {f.event for f in registered}
     multiple = next(f for f in registered if f.event == "restate.doctor.deployments.multiple")
     assert multiple.payload["keepServiceUrl"] == "http://new:9080/"
+    assert multiple.runbook == "cleanup-stale-deployments"
+    assert multiple.payload["request"] == {"serviceUrl": "http://new:9080/", "forceDrain": False}
 
 
 def test_alert_events_are_deterministic_per_alert() -> None:
@@ -240,10 +248,10 @@ def test_alert_events_are_deterministic_per_alert() -> None:
     }
     first = alert_events(AlertmanagerWebhook.model_validate(body))
     again = alert_events(AlertmanagerWebhook.model_validate(body))
-    assert [e["id"] for e in first] == [e["id"] for e in again]
-    assert first[0]["id"] != first[1]["id"]
-    assert [e["event"] for e in first] == ["restate.alert.firing", "restate.alert.resolved"]
-    assert first[0]["resource"]["prefect.resource.id"] == "alertmanager.alert.f1"
+    assert [e.id for e in first] == [e.id for e in again]
+    assert first[0].id != first[1].id
+    assert [e.event for e in first] == ["restate.alert.firing", "restate.alert.resolved"]
+    assert first[0].resource.id == "alertmanager.alert.f1"
 
 
 async def test_an_unexpected_error_is_answered_by_the_app_not_left_to_the_server() -> None:
@@ -251,7 +259,7 @@ async def test_an_unexpected_error_is_answered_by_the_app_not_left_to_the_server
     connection under the client's next request (seen in the load run as a ReadError)."""
     import httpx
 
-    from restate_recovery.api import create_app
+    from restate_recovery.api.main import create_app
 
     app = create_app()
 
@@ -271,33 +279,38 @@ async def test_an_unexpected_error_is_answered_by_the_app_not_left_to_the_server
     assert response.headers["x-request-id"] == "boom-1"
 
 
-def test_a_server_url_in_prefects_active_profile_counts_as_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`prefect config set PREFECT_API_URL=...` is how many operators point Prefect at a server:
-    no note about a temporary server then, and no embedded database seeded."""
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
-    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    for name, value in [("PREFECT_CLI_PROMPT", "false"), (prefect_env.STARTUP_TIMEOUT, "180")]:
-        monkeypatch.setenv(name, value)  # configure() sets these defaults: undone after the test
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text('active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://p:4200/api"\n')
+def configure_in_a_new_process(home: Path, cwd: Path, **env: str) -> tuple[bool, str]:
+    """``prefect_env.configure()`` in a process of its own (Prefect reads its settings once per
+    process): (whether a server is configured, what it wrote on stderr)."""
+    import os
+    import subprocess
+    import sys
 
-    assert prefect_env.configure() is True
-    assert capsys.readouterr().err == ""
-    assert not (tmp_path / "prefect.db").exists()
-
-    monkeypatch.setenv("PREFECT_PROFILE", "other")  # a profile not in the file: Prefect's default
-    monkeypatch.setattr(prefect_env, "seed_embedded_database", lambda: False)
-    assert prefect_env.configure() is False
-    assert "note: PREFECT_API_URL is not set" in capsys.readouterr().err
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    environ.update({"PREFECT_HOME": str(home), **env})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from restate_recovery import prefect_env as p; print(p.configure())",
+        ],
+        env=environ,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.strip() == "True", result.stderr
 
 
 @pytest.mark.parametrize(
     ("where", "text"),
     [
+        (
+            "profiles.toml",
+            'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://p:4200/api"\n',
+        ),
         (".env", "PREFECT_API_URL=http://p:4200/api\n"),
         ("prefect.toml", "[api]\nurl = 'http://p:4200/api'\n"),
         ("pyproject.toml", "[tool.prefect.api]\nurl = 'http://p:4200/api'\n"),
@@ -306,19 +319,17 @@ def test_a_server_url_in_prefects_active_profile_counts_as_configured(
 def test_a_server_url_anywhere_prefect_reads_it_counts_as_configured(
     tmp_path: Path, where: str, text: str
 ) -> None:
-    environ = {"PREFECT_HOME": str(tmp_path)}
-    assert not prefect_settings.server_configured(environ, tmp_path)
-    (tmp_path / where).write_text(text)
-    assert prefect_settings.server_configured(environ, tmp_path)
+    """Prefect's own settings decide: a server URL in its active profile (where
+    ``prefect config set`` writes), a .env, prefect.toml or [tool.prefect] counts; then there is
+    no note about a temporary server and no embedded database is seeded."""
+    bare, home, cwd = tmp_path / "bare", tmp_path / "home", tmp_path / "cwd"
+    for folder in (bare, home, cwd):
+        folder.mkdir()
+    configured, stderr = configure_in_a_new_process(bare, cwd)
+    assert not configured and "note: PREFECT_API_URL is not set" in stderr
+    assert (bare / "prefect.db").exists()  # seeded from the pre-migrated template
 
-
-def test_with_no_profiles_file_prefects_own_profiles_are_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No PREFECT_HOME and no ~/.prefect/profiles.toml: Prefect reads its bundled file, whose
-    "local" profile names http://127.0.0.1:4200/api; test mode reads no profile."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert not prefect_settings.server_configured({}, tmp_path)  # the bundled default: ephemeral
-    assert prefect_settings.server_configured({"PREFECT_PROFILE": "local"}, tmp_path)
-    test_mode = {"PREFECT_PROFILE": "local", "PREFECT_TESTING_TEST_MODE": "1"}
-    assert not prefect_settings.server_configured(test_mode, tmp_path)
+    (home / where if where == "profiles.toml" else cwd / where).write_text(text)
+    configured, stderr = configure_in_a_new_process(home, cwd)
+    assert configured and "note:" not in stderr
+    assert not (home / "prefect.db").exists()

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 import httpx
 import pytest
 
-from restate_recovery import cleanup, recover
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import AdminUnreachableError, RetryBlockedError
+from restate_recovery.runbooks import cleanup, recover
 from restate_recovery.schemas import CleanupStaleDeploymentsRequest, RecoverStuckWorkflowRequest
 
 SERVICES = {

@@ -2,7 +2,9 @@
 
 Each alert becomes one event ``restate.alert.<status>`` with resource id
 ``alertmanager.alert.<fingerprint>``. Its id is a UUID5 of (fingerprint, startsAt, status), so a
-re-delivered alert is the same event, which Prefect stores once.
+re-delivered alert is the same event, which Prefect stores once. The events go out through
+Prefect's own events client (its URL, API key or auth string, TLS settings), each confirmed by
+the server before the next.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from restate_recovery.errors import PrefectUnavailableError
 from restate_recovery.redaction import redact_arguments
+
+if TYPE_CHECKING:
+    from prefect.events import Event
 
 NAMESPACE = uuid.UUID("5d6f1a52-3f8e-4b8e-9a38-2f0c1d8f7e11")
 
@@ -50,21 +55,23 @@ def fingerprint_of(alert: Alert) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def alert_events(webhook: AlertmanagerWebhook) -> list[dict[str, Any]]:
+def alert_events(webhook: AlertmanagerWebhook) -> list[Event]:
+    from prefect.events import Event
+
     events = []
     for alert in webhook.alerts:
         fingerprint = fingerprint_of(alert)
         event_id = uuid.uuid5(NAMESPACE, f"{fingerprint}|{alert.startsAt}|{alert.status}")
         events.append(
-            {
-                "id": str(event_id),
-                "occurred": datetime.now(UTC).isoformat(),
-                "event": f"restate.alert.{alert.status}",
-                "resource": {
+            Event(
+                id=event_id,
+                occurred=datetime.now(UTC),
+                event=f"restate.alert.{alert.status}",
+                resource={
                     "prefect.resource.id": f"alertmanager.alert.{fingerprint}",
                     "prefect.resource.name": alert.labels.get("alertname", fingerprint),
                 },
-                "payload": redact_arguments(
+                payload=redact_arguments(
                     {
                         "labels": alert.labels,
                         "annotations": alert.annotations,
@@ -72,13 +79,22 @@ def alert_events(webhook: AlertmanagerWebhook) -> list[dict[str, Any]]:
                         "receiver": webhook.receiver,
                     }
                 ),
-            }
+            )
         )
     return events
 
 
-async def send_events(api_url: str, events: list[dict[str, Any]], *, timeout: float = 10.0) -> None:
-    """``POST {PREFECT_API_URL}/events`` with the list (Prefect answers 204)."""
-    async with httpx.AsyncClient(timeout=timeout) as http:
-        response = await http.post(f"{api_url.rstrip('/')}/events", json=events)
-        response.raise_for_status()
+async def emit_events(events: list[Event]) -> None:
+    """Send the events to Prefect, each confirmed; ``PrefectUnavailableError`` if it did not take
+    them."""
+    from prefect.events.clients import get_events_client
+
+    try:
+        async with get_events_client(checkpoint_every=1, reconnection_attempts=2) as client:
+            for event in events:
+                await client.emit(event)
+    except Exception as exc:
+        raise PrefectUnavailableError(
+            f"Prefect did not take the alert events ({type(exc).__name__}): "
+            "check PREFECT_API_URL and Prefect's health, then let Alertmanager re-deliver"
+        ) from exc

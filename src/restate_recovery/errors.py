@@ -11,7 +11,11 @@
         ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
-        └── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
+        ├── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
+        ├── UnauthenticatedError       UNAUTHENTICATED                (HTTP 401, no live API key)
+        ├── ForbiddenError             FORBIDDEN                      (HTTP 403, no system:operate)
+        ├── PrefectUnavailableError    PREFECT_UNAVAILABLE            (HTTP 503, Prefect down)
+        └── CodedError                 any other code (an error body read back, e.g. recorded)
 
 Every message is redacted on the way in (URL credentials become ``REDACTED``): exceptions end up in
 Prefect's database (failed states, logged tracebacks), the audit table and logs.
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from restate_recovery.urls import redact_url
+from restate_recovery.redaction import redact_url
 
 ADMIN_UNREACHABLE = "RESTATE_ADMIN_UNREACHABLE"
 DEPLOYMENT_NOT_FOUND = "RESTATE_DEPLOYMENT_NOT_FOUND"
@@ -169,3 +173,65 @@ class ApprovalRejectedError(OperatorError):
 
     code = "RESTATE_RECOVERY_REJECTED"
     http_status = 409
+
+
+class UnauthenticatedError(OperatorError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class ForbiddenError(OperatorError):
+    """The API key is live but lacks ``system:operate``."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class PrefectUnavailableError(OperatorError):
+    """Prefect's server did not answer, or refused what it was sent."""
+
+    code = "PREFECT_UNAVAILABLE"
+    http_status = 503
+
+
+class CodedError(OperatorError):
+    """An error body read back (``code`` and ``message``) whose code has no class of its own."""
+
+    def __init__(self, message: str, code: str = "INTERNAL_ERROR", http_status: int = 500) -> None:
+        message = redact_url(message)
+        Exception.__init__(self, message, code, http_status)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+
+
+_SIMPLE: dict[str, type[OperatorError]] = {
+    cls.code: cls
+    for cls in (
+        AdminUnreachableError,
+        DeploymentNotFoundError,
+        RecoveryInProgressError,
+        ApprovalRejectedError,
+        UnauthenticatedError,
+        ForbiddenError,
+        PrefectUnavailableError,
+    )
+}
+
+
+def error_from_body(body: dict[str, Any]) -> OperatorError:
+    """The error an error body describes (as far as the body says)."""
+    code, message = str(body.get("code", "")), str(body.get("message", ""))
+    if code in _SIMPLE:
+        return _SIMPLE[code](message)
+    return CodedError(message, code or "INTERNAL_ERROR")
+
+
+def error_body(error: BaseException) -> dict[str, Any]:
+    """What an answer (and the audit row) says of a failure: the route's error body, or an
+    ``INTERNAL_ERROR`` naming only the exception's type (never a stack trace)."""
+    if isinstance(error, OperatorError):
+        return error.body()
+    return {"code": "INTERNAL_ERROR", "message": f"unexpected {type(error).__name__}"}

@@ -107,6 +107,30 @@ class DoctorReadout(ApiModel):
     invocations: InvocationsReadout
 
 
+class DoctorAnswer(BaseModel):
+    """A doctor outcome the operator API or the CLI has already answered with: the readout, or
+    the error body of an unusable admin URL. It is recorded as it is (the ``restate-doctor``
+    run's parameter), not probed again; its readout is redacted, since Prefect stores it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    readout: DoctorReadout | None = None
+    error: dict[str, Any] | None = None
+    source: str = Field(description="Where the answer was given (operator API, CLI).")
+    actor: str = Field(description="Who asked.")
+    request_id: str | None = None
+
+    def unwrap(self) -> DoctorReadout:
+        """The readout, or raise the error it was answered with."""
+        from restate_recovery.errors import error_from_body
+
+        if self.error is not None:
+            raise error_from_body(self.error)
+        if self.readout is None:
+            raise ValueError("a doctor answer holds a readout or an error")
+        return self.readout
+
+
 # --- what the Restate admin API answers (only the fields the runbooks use) ----------------------
 
 

@@ -1,4 +1,4 @@
-"""Prefect environment defaults, applied before ``prefect`` is first imported.
+"""Prefect environment defaults, applied before Prefect first reads its settings.
 
 With ``PREFECT_API_URL`` set (in the environment, or anywhere else Prefect reads it: a ``.env``,
 ``prefect.toml``, ``[tool.prefect]`` or its active profile), runs are recorded in that server.
@@ -17,7 +17,6 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from restate_recovery.prefect_settings import server_configured
 from restate_recovery.settings import DATA_DIR
 
 EMBEDDED_STARTUP_TIMEOUT_SECONDS = "180"
@@ -30,16 +29,11 @@ def template_database() -> Path:
     return TEMPLATE_DIR / f"prefect-{version('prefect')}.db"
 
 
-def seed_embedded_database() -> bool:
-    """Give a new ``PREFECT_HOME`` a copy of the pre-migrated database (only when it has none
-    and no other database is configured). Returns True when it did."""
-    if os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
-        "PREFECT_API_DATABASE_CONNECTION_URL"
-    ):
-        return False
-    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+def seed_embedded_database(home: Path, database_url: str) -> bool:
+    """Give a new Prefect home a copy of the pre-migrated database (only when it has none and
+    its database is the default one there). Returns True when it did."""
     target, template = home / "prefect.db", template_database()
-    if target.exists() or not template.exists():
+    if database_url != f"sqlite+aiosqlite:///{target}" or target.exists() or not template.exists():
         return False
     home.mkdir(parents=True, exist_ok=True)
     partial = home / f"prefect.db.{os.getpid()}.partial"
@@ -54,14 +48,21 @@ def seed_embedded_database() -> bool:
 
 
 def configure(*, announce: bool = True) -> bool:
-    """Set safe defaults (never overriding the caller's). Returns True when a server is configured."""
+    """Set safe defaults before Prefect first reads its settings (never overriding the caller's),
+    then read them the way Prefect does. Returns True when they name a server."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_CLI_PROMPT", "false")
-    if server_configured():
+    os.environ.setdefault(STARTUP_TIMEOUT, EMBEDDED_STARTUP_TIMEOUT_SECONDS)  # embedded only
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
         return True
-    os.environ.setdefault(STARTUP_TIMEOUT, EMBEDDED_STARTUP_TIMEOUT_SECONDS)
-    seeded = seed_embedded_database()
+    database = settings.server.database.connection_url
+    seeded = seed_embedded_database(
+        Path(settings.home).expanduser(), database.get_secret_value() if database else ""
+    )
     if announce:
         sys.stderr.write(
             "note: PREFECT_API_URL is not set (nor in Prefect's profile), so this run "

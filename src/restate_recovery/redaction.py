@@ -1,7 +1,10 @@
-"""What the audit table (and anything else we write) may keep of request arguments.
+"""What anything we write (the audit table, Prefect's database, artifacts, logs, answers) may keep.
 
-Every URL's user information becomes ``REDACTED`` (``restate_recovery.urls``), and the value of
-any header-like secret (authorization, tokens, passwords, API keys, cookies) is replaced whole.
+``redact_url``: every URL's user information becomes ``REDACTED``
+(``http://user:secret@host:9080/v1`` -> ``http://REDACTED@host:9080/v1``); scheme, host, port,
+path, query and fragment are kept. ``redact``: the same for every string inside lists, tuples and
+dicts. ``redact_arguments``: also replaces, whole, the value of any header-like secret
+(authorization, tokens, passwords, API keys, cookies).
 """
 
 from __future__ import annotations
@@ -9,14 +12,34 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from restate_recovery.urls import REDACTED, redact_url
+REDACTED = "REDACTED"
+
+# scheme://userinfo@host: the userinfo runs to the last "@" before the first "/", "?" or "#".
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s]*@)")
 
 SECRET_KEY = re.compile(
     r"(authorization|token|secret|password|passwd|api[-_]?key|cookie|credential)", re.IGNORECASE
 )
 
 
+def redact_url(text: str) -> str:
+    """Replace the user information of every URL in ``text`` with ``REDACTED``."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def redact(value: Any) -> Any:
+    """``redact_url`` applied to every string inside lists, tuples and dicts."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
 def redact_arguments(value: Any) -> Any:
+    """``redact``, and the value of every secret-named key replaced whole."""
     if isinstance(value, str):
         return redact_url(value)
     if isinstance(value, dict):

@@ -1,7 +1,16 @@
-"""Request bodies and responses of the write runbooks (the spec's shapes, camelCase on the wire).
+"""Request bodies and responses of the runbooks (the spec's shapes, camelCase on the wire).
 
-Each request model doubles as the Prefect UI form (field descriptions and defaults) and as the
-validation of the HTTP route and the CLI: invalid input is refused before anything is touched.
+Each request model is validated once, where the request enters (the HTTP route, the CLI's local
+mode, a Prefect deployment run's parameters), and is then handed as it is to the runbook's flow,
+which takes it as its one parameter: the same model is the Prefect UI form (field descriptions,
+patterns, defaults) and the route's body. Invalid input is refused before anything is touched.
+
+A service URL is sealed in the same step: the model keeps the URL as given (Restate gets it
+intact, credentials included) and every serialization of it, which is what Prefect stores as
+the run's parameters and what the audit row and the incident record keep, has the credentials
+replaced (``http://REDACTED@host/``). A URL that arrives already redacted (a deployment run
+started from the UI or an automation) is matched with ``RESTATE_SERVICE_URL`` of the process
+that runs it, which holds the credentials.
 """
 
 from __future__ import annotations
@@ -10,10 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from restate_recovery.errors import InvalidRequestError
 from restate_recovery.models import ApiModel
+from restate_recovery.redaction import REDACTED, redact_url
 from restate_recovery.sql import NAME_PATTERN
 
 
@@ -30,6 +47,23 @@ def absolute_http_url(value: str) -> str:
     return value
 
 
+def unseal(url: str) -> str:
+    """The URL with its credentials: as given, or, when it arrives redacted, the configured
+    ``RESTATE_SERVICE_URL`` whose redacted form it is."""
+    if f"{REDACTED}@" not in url:
+        return url
+    from restate_recovery.settings import get_settings
+
+    configured = get_settings().restate_service_url
+    for form in (configured, f"{configured}/") if configured else ():
+        if redact_url(form) == url:  # as configured, or as Restate stores it (trailing slash)
+            return form
+    raise ValueError(
+        "its credentials are not available here: give the URL with its credentials, or set "
+        "RESTATE_SERVICE_URL with them where the runbook runs"
+    )
+
+
 class RequestModel(ApiModel):
     model_config = ConfigDict(
         alias_generator=ApiModel.model_config.get("alias_generator"),
@@ -39,47 +73,89 @@ class RequestModel(ApiModel):
         strict=True,
     )
 
+    @property
+    def target(self) -> str:
+        """What the request acts on, as it may be shown and stored (run names, logs)."""
+        raise NotImplementedError
 
-class ForceRedeployRequest(RequestModel):
+
+class ServiceUrlRequest(RequestModel):
+    """A request that names a service URL: kept intact in memory, redacted when serialized."""
+
+    service_url: str = Field(max_length=2048)
+
+    @field_validator("service_url")
+    @classmethod
+    def _check_and_unseal(cls, value: str) -> str:
+        return unseal(absolute_http_url(value))
+
+    @field_serializer("service_url")
+    def _sealed(self, value: str) -> str:
+        return redact_url(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "service_url" else value
+
+    @property
+    def target(self) -> str:
+        return redact_url(self.service_url)
+
+
+class ForceRedeployRequest(ServiceUrlRequest):
     service_url: str = Field(
+        title="Service URL",
         description="The live durable workflow service URL to register (absolute http/https).",
         max_length=2048,
     )
     force: bool = Field(
         default=True,
+        title="Force",
         description="Send a forced registration (always sent explicitly; Restate's own default "
         "is false).",
     )
 
-    _check_url = field_validator("service_url")(absolute_http_url)
 
-
-class CleanupStaleDeploymentsRequest(RequestModel):
+class CleanupStaleDeploymentsRequest(ServiceUrlRequest):
     service_url: str = Field(
+        title="Service URL",
         description="The exact registered service URL of the deployment to keep (copy it from "
-        "doctor's deployments.items[].serviceUrl).",
+        "doctor's deployments.items[].serviceUrl, trailing slash included).",
         max_length=2048,
     )
     force_drain: bool = Field(
         default=False,
+        title="Force drain",
         description="Kill work pinned to stale deployments instead of waiting for it to drain "
         "(for known-dead stale deployments).",
     )
 
-    _check_url = field_validator("service_url")(absolute_http_url)
-
 
 class RecoverStuckWorkflowRequest(RequestModel):
     service_name: str = Field(
+        title="Service name",
         description="Workflow service name, e.g. IdentityRecoveryWorkflow.",
         pattern=NAME_PATTERN,
         max_length=255,
     )
     service_key: str = Field(
+        title="Service key",
         description="The exact workflow key of the failed invocation.",
         pattern=NAME_PATTERN,
         max_length=255,
     )
+
+    @property
+    def target(self) -> str:
+        return f"{self.service_name}/{self.service_key}"
+
+
+class DoctorRequest(RequestModel):
+    """The doctor takes an empty JSON object."""
+
+    @property
+    def target(self) -> str:
+        return "restate"
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -93,14 +169,17 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def parse_request(model: type[RequestT], data: dict[str, Any]) -> RequestT:
+def invalid_request(errors: list[dict[str, str]]) -> InvalidRequestError:
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return InvalidRequestError(f"Invalid request: {summary}", errors)
+
+
+def parse_request(model: type[RequestT], data: Any) -> RequestT:
     """Validate a request body; ``InvalidRequestError`` (400) with the field errors otherwise."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = field_errors(exc)
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InvalidRequestError(f"Invalid request: {summary}", errors) from exc
+        raise invalid_request(field_errors(exc)) from exc
 
 
 class Acknowledged(ApiModel):

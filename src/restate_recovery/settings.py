@@ -6,14 +6,26 @@ and these may carry credentials.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-DATA_DIR = PROJECT_DIR / ".data"
+
+def _data_dir() -> Path:
+    """Where local state lives by default: ``RECOVERY_DATA_DIR``, else the checkout's ``.data``
+    (a development install), else ``~/.restate-recovery``."""
+    if os.environ.get("RECOVERY_DATA_DIR"):
+        return Path(os.environ["RECOVERY_DATA_DIR"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".data"
+    return Path.home() / ".restate-recovery"
+
+
+DATA_DIR = _data_dir()
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, select
 
 from restate_recovery.redaction import redact_arguments
+from restate_recovery.settings import get_settings
 
 Outcome = Literal["success", "failure"]
 SYSTEM_OPERATE = "system:operate"
@@ -285,6 +286,18 @@ def at_head(url: str) -> bool:
             return [row[0] for row in versions] == [HEAD_REVISION]
     except sa.exc.DBAPIError:  # no such table yet: a new database
         return False
+
+
+def engine() -> Engine:
+    """The engine of the configured audit database (``RECOVERY_DATABASE_URL``), brought to the
+    newest schema on first use in this process."""
+    return _migrated(get_settings().recovery_database_url)
+
+
+@cache
+def _migrated(url: str) -> Engine:
+    migrate(url)
+    return engine_for(url)
 
 
 def migrate(url: str) -> None:

@@ -1,0 +1,1 @@
+"""What prefect.yaml cannot say: the serve entrypoint and the automations."""

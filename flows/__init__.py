@@ -1,0 +1,1 @@
+"""The Prefect flows, one per runbook file (entrypoints such as ``flows/doctor.py:doctor``)."""

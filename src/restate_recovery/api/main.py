@@ -1,0 +1,46 @@
+"""The operator API application: ``create_app()``, served by ``restate-recovery api``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from restate_recovery import store
+from restate_recovery.api import errors
+from restate_recovery.api.deps import Runner
+from restate_recovery.api.middleware import RequestContext
+from restate_recovery.api.routes import router
+from restate_recovery.settings import get_settings
+
+# Doctor answers waiting to be recorded as flow runs; past that a new doctor call waits before
+# probing. On shutdown the API waits this long for them.
+MAX_PENDING_RECORDS = 16
+DRAIN_RECORDS_SECONDS = 30.0
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await asyncio.to_thread(store.engine)  # migrate the audit database before serving
+    runner = Runner(
+        max_runs=get_settings().recovery_api_max_concurrent_runs,
+        max_pending_records=MAX_PENDING_RECORDS,
+    )
+    app.state.runner = runner
+    yield
+    await runner.close(drain_seconds=DRAIN_RECORDS_SECONDS)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="restate-recovery operator API",
+        version="1",
+        description="Operator-only routes that bring the Restate engine back to health.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    errors.install(app)
+    app.add_middleware(RequestContext)
+    return app

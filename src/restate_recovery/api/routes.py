@@ -1,0 +1,116 @@
+"""The operator routes, under ``/api/v2/admin/operator/restate/``: the spec's four (doctor,
+force-redeploy, cleanup-stale-deployments, recover-stuck-workflow) and the Alertmanager receiver.
+
+Each takes the spec's body (camelCase, unknown fields refused) and answers with the spec's body.
+A write runs its Prefect flow in this process and answers once the flow has finished; with
+``?dryRun=true`` it only plans. The doctor answers as soon as its probes are done; its
+``restate-doctor`` run is recorded right after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from restate_recovery.alerts import AlertmanagerWebhook, alert_events, emit_events
+from restate_recovery.api.deps import CallDep, DryRunDep, RunnerDep
+from restate_recovery.api.errors import ERROR_RESPONSES, ErrorBody
+from restate_recovery.audit import audited
+from restate_recovery.models import DoctorReadout
+from restate_recovery.paths import PREFIX
+from restate_recovery.runbooks import (
+    CLEANUP_STALE_DEPLOYMENTS,
+    DOCTOR,
+    FORCE_REDEPLOY,
+    RECOVER_STUCK_WORKFLOW,
+)
+from restate_recovery.schemas import (
+    Acknowledged,
+    CleanupStaleDeploymentsRequest,
+    DoctorRequest,
+    DryRunResult,
+    ForceRedeployRequest,
+    RecoverStuckWorkflowRequest,
+    Redeployed,
+)
+
+router = APIRouter(prefix=PREFIX, responses=ERROR_RESPONSES)
+
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "RESTATE_DEPLOYMENT_NOT_FOUND"}}
+BLOCKED: Responses = {
+    409: {
+        "model": ErrorBody,
+        "description": "RESTATE_WORKFLOW_RETRY_BLOCKED (reason, invocationIds) or "
+        "RESTATE_RECOVERY_IN_PROGRESS",
+    }
+}
+
+
+@router.post("/doctor", response_model=DoctorReadout, summary=DOCTOR.summary)
+async def doctor(call: CallDep, runner: RunnerDep, body: DoctorRequest | None = None) -> Response:
+    readout = await runner.doctor.answer(call.attempt({}))
+    # Already a validated DoctorReadout: serialize it once, skip FastAPI's re-validation.
+    return Response(readout.model_dump_json(by_alias=True), media_type="application/json")
+
+
+@router.post(
+    "/force-redeploy",
+    response_model=Redeployed | DryRunResult,
+    responses=BLOCKED,
+    summary=FORCE_REDEPLOY.summary,
+)
+async def force_redeploy(
+    call: CallDep, runner: RunnerDep, body: ForceRedeployRequest, dry_run: DryRunDep = False
+) -> dict[str, Any]:
+    return await runner.run(FORCE_REDEPLOY, body, call, dry_run=dry_run)
+
+
+@router.post(
+    "/cleanup-stale-deployments",
+    response_model=Acknowledged | DryRunResult,
+    responses={**NOT_FOUND, **BLOCKED},
+    summary=CLEANUP_STALE_DEPLOYMENTS.summary,
+)
+async def cleanup_stale_deployments(
+    call: CallDep,
+    runner: RunnerDep,
+    body: CleanupStaleDeploymentsRequest,
+    dry_run: DryRunDep = False,
+) -> dict[str, Any]:
+    return await runner.run(CLEANUP_STALE_DEPLOYMENTS, body, call, dry_run=dry_run)
+
+
+@router.post(
+    "/recover-stuck-workflow",
+    response_model=Acknowledged | DryRunResult,
+    responses=BLOCKED,
+    summary=RECOVER_STUCK_WORKFLOW.summary,
+)
+async def recover_stuck_workflow(
+    call: CallDep,
+    runner: RunnerDep,
+    body: RecoverStuckWorkflowRequest,
+    dry_run: DryRunDep = False,
+) -> dict[str, Any]:
+    return await runner.run(RECOVER_STUCK_WORKFLOW, body, call, dry_run=dry_run)
+
+
+class AlertsAccepted(BaseModel):
+    acknowledged: bool = True
+    events: int
+
+
+@router.post(
+    "/alerts",
+    response_model=AlertsAccepted,
+    summary="Alertmanager webhook receiver: each alert becomes a Prefect event",
+)
+async def alerts(call: CallDep, body: AlertmanagerWebhook) -> AlertsAccepted:
+    events = alert_events(body)
+    async with audited(call.attempt({"alerts": [e.resource.id for e in events]})):
+        await emit_events(events)
+    return AlertsAccepted(events=len(events))

@@ -1,0 +1,125 @@
+"""The one way an attempt is audited, whoever makes it: the operator API, the CLI's local mode,
+or a Prefect deployment run (UI, schedule, automation).
+
+An ``Attempt`` carries who (actor and role), what (route and arguments), why (reason) and the
+request id. Its row is inserted once when the attempt starts (so a crash mid-way still leaves a
+trace) and finished once with the outcome, the error body and the Prefect flow run id
+(``AuditedAttempt``). ``audited`` is the usual form: a block whose exception, if any, is the
+failure. Refusals before anything runs (a missing permission, an invalid body) are attempts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from restate_recovery import store
+from restate_recovery.errors import OperatorError, error_body
+from restate_recovery.models import ApiModel
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at an operator route, as its audit row starts."""
+
+    actor: str
+    role: str
+    route: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    request_id: str | None = None
+    started_at: datetime = field(default_factory=store.utcnow)
+
+
+def arguments_of(
+    request: ApiModel, *, dry_run: bool = False, approval: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The arguments an attempt's row keeps: the route's body (serialized, so redacted), and
+    ``dryRun`` / ``approval`` when they apply."""
+    arguments = request.to_json()
+    if dry_run:
+        arguments["dryRun"] = True
+    if approval:
+        arguments["approval"] = approval
+    return arguments
+
+
+def _insert(attempt: Attempt) -> int:
+    row = store.AuditCreate(
+        actor_user_id=attempt.actor,
+        role_at_time=attempt.role,
+        route=attempt.route,
+        arguments=attempt.arguments,
+        reason=attempt.reason,
+        request_id=attempt.request_id,
+    )
+    with Session(store.engine()) as session:
+        return store.record_attempt(session=session, attempt=row, started_at=attempt.started_at)
+
+
+def _finish(row_id: int, error: dict[str, Any] | None, flow_run_id: str | None) -> None:
+    with Session(store.engine()) as session:
+        store.finish_attempt(
+            session=session,
+            attempt_id=row_id,
+            outcome="failure" if error else "success",
+            error=error,
+            flow_run_id=flow_run_id,
+        )
+
+
+class AuditedAttempt:
+    """The row of one attempt: ``begin`` inserts it (once), ``finish`` finishes it (once).
+
+    ``begin`` returns at once (the insert runs in a thread), so a read-only doctor can probe
+    while its row is written; ``finish`` waits for the insert first. Set ``flow_run_id`` once
+    the attempt's Prefect run is known.
+    """
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+        self.flow_run_id: str | None = None
+        self._insert: asyncio.Future[int] | None = None
+        self._finished = False
+
+    def begin(self) -> asyncio.Future[int]:
+        if self._insert is None:
+            self._insert = asyncio.ensure_future(asyncio.to_thread(_insert, self.attempt))
+        return self._insert
+
+    async def start(self) -> None:
+        await asyncio.shield(self.begin())
+
+    async def finish(self, error: BaseException | dict[str, Any] | None = None) -> None:
+        """Finish the row: success without ``error``, else failure with its body."""
+        if self._finished:
+            return
+        self._finished = True
+        row_id = await asyncio.shield(self.begin())
+        body = error_body(error) if isinstance(error, BaseException) else error
+        await asyncio.shield(asyncio.to_thread(_finish, row_id, body, self.flow_run_id))
+
+
+@asynccontextmanager
+async def audited(attempt: Attempt) -> AsyncIterator[AuditedAttempt]:
+    """Audit a block: its row is written before it runs and finished with its outcome."""
+    row = AuditedAttempt(attempt)
+    await row.start()
+    try:
+        yield row
+    except BaseException as exc:
+        await row.finish(exc)
+        raise
+    await row.finish()
+
+
+async def refused(attempt: Attempt, error: OperatorError) -> None:
+    """An attempt refused before anything ran (a missing permission, an invalid body)."""
+    row = AuditedAttempt(attempt)
+    await row.finish(error)

@@ -1,1 +1,0 @@
-"""A local Restate and a sample workflow service, for the demo job and the test fixtures."""

@@ -1,0 +1,190 @@
+"""Runbooks run in this process, audited: what the operator API's routes and the CLI's local mode
+do with a validated request.
+
+A write runbook runs as its Prefect flow here and is answered once the flow has finished
+(``run_runbook``). The doctor answers as soon as its probes are done and records that very
+answer right after as a ``restate-doctor`` run (``DoctorAnswers``: the same flow module, the same
+artifact, events and verdict as the scheduled doctor, no second probe); its audit row is finished
+once the run is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from concurrent.futures import Executor
+from typing import Any
+
+from restate_recovery.audit import Attempt, AuditedAttempt, audited
+from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
+from restate_recovery.errors import OperatorError
+from restate_recovery.models import DoctorAnswer, DoctorReadout
+from restate_recovery.redaction import redact
+from restate_recovery.runbooks import DOCTOR, Runbook
+from restate_recovery.schemas import RequestModel
+from restate_recovery.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+async def run_flow(
+    flow: Any, parameters: dict[str, Any], executor: Executor | None, tags: tuple[str, ...] = ()
+) -> Any:
+    """Run a flow in this process (its run tagged with ``tags``) and return its final state.
+
+    With an ``executor`` the run gets a thread (and event loop) of its own. A long-lived server
+    needs that: while a flow runs on the main thread Prefect swaps the SIGTERM handler for one that
+    raises inside whatever the main thread is doing, so a plain ``SIGTERM`` would kill the API
+    mid-request instead of letting it finish its requests and shut down.
+    """
+    from prefect import tags as tagged
+
+    async def run() -> Any:
+        with tagged(*tags):
+            return await flow(**parameters, return_state=True)
+
+    if executor is None:
+        return await run()
+
+    def in_thread() -> Any:
+        return asyncio.run(run())
+
+    return await asyncio.get_running_loop().run_in_executor(executor, in_thread)
+
+
+async def run_runbook(
+    runbook: Runbook,
+    request: RequestModel,
+    attempt: Attempt,
+    *,
+    dry_run: bool,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Run a write runbook's flow with its audit row; returns the route's body."""
+    async with audited(attempt) as row:
+        state = await run_flow(
+            runbook.flow(), {"request": request, "dry_run": dry_run}, executor=executor
+        )
+        row.flow_run_id = str(state.state_details.flow_run_id)
+        body: dict[str, Any] = await state.aresult(raise_on_failure=True)
+        return body
+
+
+def record_flow() -> Any:
+    """The flow that records an answered doctor readout (``flows/doctor.py``, beside the doctor)."""
+    return importlib.import_module(DOCTOR.module).record_answer
+
+
+# A record is a flow run; more of them at once only slow Prefect's server down.
+RECORDS_AT_ONCE = 4
+
+
+class DoctorAnswers:
+    """Answers doctor calls (the API's, the CLI's local mode) and records each answer as a
+    ``restate-doctor`` flow run right after, then finishes its audit row.
+
+    ``source`` says where the answer was given (in the run's tags and log). At most
+    ``RECORDS_AT_ONCE`` records run at once and at most ``max_pending`` answers may wait to be
+    recorded; past that a new doctor call waits before it probes (nothing is dropped). ``drain``
+    waits for the records still pending. The probes' clients are kept open between calls.
+    """
+
+    def __init__(self, *, source: str, max_pending: int, executor: Executor | None = None):
+        self._source = source
+        self._executor = executor
+        self._recording = asyncio.Semaphore(RECORDS_AT_ONCE)
+        self._pending = asyncio.Semaphore(max_pending)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._clients: ProbeClients | None = None
+
+    async def _clients_for(self, endpoints: Endpoints) -> ProbeClients:
+        """Keep-alive clients for the probes, reused while the endpoints stay the same."""
+        if self._clients is not None and self._clients.endpoints != endpoints:
+            stale, self._clients = self._clients, None
+            await stale.aclose()
+        if self._clients is None:
+            self._clients = ProbeClients(endpoints)
+        return self._clients
+
+    async def answer(self, attempt: Attempt) -> DoctorReadout:
+        """Probe and answer; the audit row is written while the probes run (they only read), and
+        nothing is answered unless it was written."""
+        await self._pending.acquire()
+        row = AuditedAttempt(attempt)
+        row.begin()
+        try:
+            try:
+                endpoints = resolve_endpoints(get_settings())
+                clients = await self._clients_for(endpoints)
+                readout: DoctorReadout | None = await run_doctor(endpoints, clients=clients)
+                error: OperatorError | None = None
+            except OperatorError as exc:  # the admin URL is unset or invalid
+                readout, error = None, exc
+            await row.start()
+        except BaseException as exc:  # crashed or cancelled: the row is finished all the same
+            self._keep(self._finish(row, exc))
+            raise
+        answer = DoctorAnswer(
+            readout=DoctorReadout.model_validate(redact(readout.to_json())) if readout else None,
+            error=error.body() if error else None,
+            source=self._source,
+            actor=attempt.actor,
+            request_id=attempt.request_id,
+        )
+        self._keep(self._record(row, answer, error))
+        if error is not None:
+            raise error
+        assert readout is not None
+        return readout
+
+    def _keep(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, row: AuditedAttempt, error: BaseException) -> None:
+        try:
+            await row.finish(error)
+        finally:
+            self._pending.release()
+
+    async def _record(
+        self, row: AuditedAttempt, answer: DoctorAnswer, error: OperatorError | None
+    ) -> None:
+        name = answer.request_id or f"({self._source})"
+        try:
+            async with self._recording:
+                state = await run_flow(
+                    record_flow(), {"answer": answer}, self._executor, (f"via:{self._source}",)
+                )
+            row.flow_run_id = str(state.state_details.flow_run_id)
+        except asyncio.CancelledError:
+            logger.warning("doctor answer %s was not recorded in Prefect: stopped first", name)
+            raise
+        except Exception as exc:
+            logger.error(
+                "doctor answer %s was not recorded in Prefect: %s", name, type(exc).__name__
+            )
+        finally:
+            try:
+                await row.finish(error)
+            finally:
+                self._pending.release()
+
+    async def aclose(self) -> None:
+        """Close the probes' clients (after ``drain``)."""
+        if self._clients is not None:
+            clients, self._clients = self._clients, None
+            await clients.aclose()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the answers still being recorded."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning("%d doctor records were still pending at shutdown", len(self._tasks))
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)

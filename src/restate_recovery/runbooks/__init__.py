@@ -1,0 +1,148 @@
+"""The registry of runbooks: one entry per operator route, read by everything that needs the list.
+
+The operator API (its routes), the CLI (its commands), ``deployments/serve.py`` and
+``prefect.yaml``'s checks (the deployments), ``deployments/automations.py`` (which doctor finding
+starts which runbook) and the doctor's findings all read it here. Each entry names its Prefect
+flow by module (``flows.recover_stuck_workflow``): the flow object is imported on first use, so
+a client of the operator API (the CLI's remote mode) never imports Prefect.
+
+Each write runbook is one shape: doctor -> guard -> one write task -> verify-doctor (the Prefect
+layer in ``tasks/runbook.py``); the decisions it makes are plain functions in this package
+(``guard``, ``redeploy``, ``cleanup``, ``recover``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from restate_recovery.models import ApiModel, DoctorReadout
+from restate_recovery.paths import route
+from restate_recovery.schemas import (
+    Acknowledged,
+    CleanupStaleDeploymentsRequest,
+    DoctorRequest,
+    ForceRedeployRequest,
+    RecoverStuckWorkflowRequest,
+    Redeployed,
+    RequestModel,
+)
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+
+@dataclass(frozen=True)
+class Runbook:
+    """One operator route and everything that serves it."""
+
+    name: str  # the route's last segment and the CLI command
+    flow_name: str  # the Prefect flow (and so the deployment's first half)
+    summary: str
+    request: type[RequestModel]
+    response: type[ApiModel]
+    module: str  # the flow's module, importable as such (flows/ is a package)
+    function: str
+    deployment: str  # the deployment's name (second half)
+    lock: str | None = None  # the per-target lock, formatted with the request's fields
+    finding: str | None = None  # the doctor finding that starts this runbook (automations)
+
+    @property
+    def route(self) -> str:
+        return route(self.name)
+
+    @property
+    def writes(self) -> bool:
+        return self.lock is not None
+
+    @property
+    def entrypoint(self) -> str:
+        """The flow as a Prefect entrypoint (``flows/doctor.py:doctor``)."""
+        return f"{self.module.replace('.', '/')}.py:{self.function}"
+
+    @property
+    def deployment_name(self) -> str:
+        """``<flow>/<deployment>``, as Prefect names it."""
+        return f"{self.flow_name}/{self.deployment}"
+
+    def flow(self) -> Flow[..., Any]:
+        """The Prefect flow object (imports Prefect)."""
+        flow: Flow[..., Any] = getattr(importlib.import_module(self.module), self.function)
+        return flow
+
+    def lock_target(self, request: RequestModel) -> str:
+        """The target one write at a time may touch (``workflow:<service>:<key>``)."""
+        if self.lock is None:
+            raise ValueError(f"{self.name} does not write")
+        fields = type(request).model_fields
+        return self.lock.format(**{name: getattr(request, name) for name in fields})
+
+
+DOCTOR = Runbook(
+    name="doctor",
+    flow_name="restate-doctor",
+    summary="Read-only readout of ingress, admin API, deployments, services, invocations",
+    request=DoctorRequest,
+    response=DoctorReadout,
+    module="flows.doctor",
+    function="doctor",
+    deployment="doctor",
+)
+FORCE_REDEPLOY = Runbook(
+    name="force-redeploy",
+    flow_name="force-redeploy",
+    summary="Register the live durable workflow service URL",
+    request=ForceRedeployRequest,
+    response=Redeployed,
+    module="flows.force_redeploy",
+    function="force_redeploy",
+    deployment="manual",
+    lock="deployments",
+    finding="restate.doctor.service-url.unregistered",
+)
+CLEANUP_STALE_DEPLOYMENTS = Runbook(
+    name="cleanup-stale-deployments",
+    flow_name="cleanup-stale-deployments",
+    summary="Keep the deployment matching serviceUrl; drain and delete the others",
+    request=CleanupStaleDeploymentsRequest,
+    response=Acknowledged,
+    module="flows.cleanup_stale_deployments",
+    function="cleanup_stale_deployments",
+    deployment="manual",
+    lock="deployments",
+    finding="restate.doctor.deployments.multiple",
+)
+RECOVER_STUCK_WORKFLOW = Runbook(
+    name="recover-stuck-workflow",
+    flow_name="recover-stuck-workflow",
+    summary="Kill and purge a terminal-failed workflow key and clear its state",
+    request=RecoverStuckWorkflowRequest,
+    response=Acknowledged,
+    module="flows.recover_stuck_workflow",
+    function="recover_stuck_workflow",
+    deployment="manual",
+    lock="workflow:{service_name}:{service_key}",
+    finding="restate.doctor.workflow.terminal-failed",
+)
+
+RUNBOOKS: tuple[Runbook, ...] = (
+    DOCTOR,
+    FORCE_REDEPLOY,
+    CLEANUP_STALE_DEPLOYMENTS,
+    RECOVER_STUCK_WORKFLOW,
+)
+WRITES: tuple[Runbook, ...] = tuple(r for r in RUNBOOKS if r.writes)
+
+
+def runbook(name: str) -> Runbook:
+    """The runbook of a route (``recover-stuck-workflow``)."""
+    for entry in RUNBOOKS:
+        if entry.name == name:
+            return entry
+    raise KeyError(name)
+
+
+def for_finding(event: str) -> Runbook | None:
+    """The runbook a doctor finding maps to (None: fix connectivity first)."""
+    return next((r for r in RUNBOOKS if r.finding == event), None)

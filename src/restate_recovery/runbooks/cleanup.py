@@ -1,0 +1,304 @@
+"""cleanup-stale-deployments: keep the deployment whose URL matches exactly, drain and delete the rest.
+
+Restate 1.7 has no server-side drain: "drained" is computed here, as the Restate CLI does. A stale
+deployment is *draining* while non-completed invocations are pinned to it. Per stale deployment:
+
+- nothing pinned -> delete (``DELETE ?force=true``; an already-gone 404 counts as done);
+- pinned work, ``forceDrain`` -> kill the pinned invocations, then delete;
+- pinned work, service unreachable -> its work cannot drain: kill, then delete (the spec's wording);
+- pinned work, service reachable -> wait up to the drain timeout; delete once drained, else leave it
+  and report it;
+- the only deployment serving the latest revision of a service the kept one does not serve ->
+  left alone unless ``forceDrain``.
+
+Per-deployment failures are logged and reported; they do not change the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import httpx
+
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    DeploymentNotFoundError,
+    RestateError,
+    RestateRejected,
+    RestateUnreachable,
+)
+from restate_recovery.models import ApiModel, Deployment, DoctorReadout, ServiceInfo
+from restate_recovery.redaction import redact_url
+from restate_recovery.schemas import (
+    Acknowledged,
+    CleanupStaleDeploymentsRequest,
+    DryRunResult,
+    PlannedStep,
+    WriteOutcome,
+)
+from restate_recovery.sql import literal
+
+logger = logging.getLogger(__name__)
+
+PARALLEL_DELETES = 8
+
+
+@dataclass(frozen=True)
+class StaleDeployment:
+    id: str
+    service_url: str  # as registered (may carry credentials: redact before showing it)
+    pinned: list[str]
+    sole_latest_for: list[str]  # services only this deployment serves at their latest revision
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.sole_latest_for)
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    keep: Deployment
+    stale: list[StaleDeployment]
+    force_drain: bool
+
+    def steps(self) -> list[PlannedStep]:
+        steps = [
+            PlannedStep(
+                action="keep", target=self.keep.id, detail=redact_url(self.keep.service_url)
+            )
+        ]
+        for d in self.stale:
+            if d.protected and not self.force_drain:
+                steps.append(
+                    PlannedStep(
+                        action="skip",
+                        target=d.id,
+                        detail=f"only deployment serving the latest {', '.join(d.sole_latest_for)}",
+                    )
+                )
+                continue
+            if d.pinned:
+                how = "kill" if self.force_drain else "drain (kill if its service is unreachable)"
+                steps.append(
+                    PlannedStep(
+                        action=how,
+                        target=d.id,
+                        detail=f"{len(d.pinned)} pinned: {', '.join(d.pinned[:20])}",
+                    )
+                )
+            steps.append(
+                PlannedStep(action="delete", target=d.id, detail=redact_url(d.service_url))
+            )
+        return steps
+
+
+@dataclass
+class CleanupReport:
+    deleted: list[str] = field(default_factory=list)
+    killed: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def pinned_sql(deployment_ids: list[str]) -> str:
+    ids = ", ".join(literal(i) for i in deployment_ids)
+    return (
+        "SELECT id, pinned_deployment_id FROM sys_invocation "
+        f"WHERE status <> 'completed' AND pinned_deployment_id IN ({ids})"
+    )
+
+
+def sole_latest_services(
+    deployment: Deployment, keep: Deployment, services: list[ServiceInfo]
+) -> list[str]:
+    kept = {s.name for s in keep.services}
+    return sorted(
+        s.name for s in services if s.deployment_id == deployment.id and s.name not in kept
+    )
+
+
+def build_plan(
+    *,
+    deployments: list[Deployment],
+    services: list[ServiceInfo],
+    pinned_rows: list[dict[str, object]],
+    request: CleanupStaleDeploymentsRequest,
+) -> CleanupPlan:
+    """Pure: which deployment to keep, and what to do with every other one."""
+    matches = [d for d in deployments if d.service_url == request.service_url]
+    if not matches:
+        registered = ", ".join(redact_url(d.service_url) for d in deployments) or "none"
+        raise DeploymentNotFoundError(
+            f"No registered deployment has serviceUrl {redact_url(request.service_url)!r} "
+            f"(exact match); registered: {registered}"
+        )
+    keep = matches[0]
+    pinned: dict[str, list[str]] = defaultdict(list)
+    for row in pinned_rows:
+        pinned[str(row.get("pinned_deployment_id"))].append(str(row.get("id")))
+    stale = [
+        StaleDeployment(
+            id=d.id,
+            service_url=d.service_url,
+            pinned=sorted(pinned.get(d.id, [])),
+            sole_latest_for=sole_latest_services(d, keep, services),
+        )
+        for d in deployments
+        if d.id != keep.id
+    ]
+    return CleanupPlan(keep=keep, stale=stale, force_drain=request.force_drain)
+
+
+async def plan_cleanup(
+    client: RestateAdminClient, request: CleanupStaleDeploymentsRequest, *, timeout: float
+) -> CleanupPlan:
+    try:
+        deployments = await client.list_deployments(timeout=timeout)
+        services = await client.list_services(timeout=timeout)
+    except RestateError as exc:
+        raise AdminUnreachableError(f"Cannot list Restate deployments: {exc}") from exc
+    others = [d.id for d in deployments if d.service_url != request.service_url]
+    rows: list[dict[str, object]] = []
+    if others:
+        try:
+            rows = await client.query(pinned_sql(others), timeout=timeout)
+        except RestateError as exc:
+            raise AdminUnreachableError(f"Cannot read pinned invocations: {exc}") from exc
+    return build_plan(deployments=deployments, services=services, pinned_rows=rows, request=request)
+
+
+async def service_reachable(url: str, *, timeout: float) -> bool:
+    """Whether anything answers HTTP at the deployment's URL (any status counts as reachable)."""
+    if not url.startswith(("http://", "https://")):
+        return True  # e.g. a Lambda ARN: Restate reaches it, we cannot tell
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            await http.get(url.rstrip("/") + "/health")
+    except httpx.TransportError:
+        return False
+    return True
+
+
+async def execute_cleanup(
+    client: RestateAdminClient,
+    plan: CleanupPlan,
+    *,
+    timeout: float,
+    drain_timeout: float,
+) -> CleanupReport:
+    """Act on every stale deployment, a few at a time."""
+    report = CleanupReport()
+    gate = asyncio.Semaphore(PARALLEL_DELETES)
+    lost: list[str] = []
+
+    async def one(stale: StaleDeployment) -> None:
+        async with gate:
+            try:
+                await _clean_one(client, plan, stale, report, timeout, drain_timeout)
+            except RestateError as exc:
+                report.failures[stale.id] = str(exc)
+                logger.warning("cleanup of %s failed: %s", stale.id, exc)
+                if isinstance(exc, RestateUnreachable):
+                    lost.append(stale.id)
+
+    await asyncio.gather(*(one(s) for s in plan.stale))
+    if lost:  # the admin API itself went away: this is not a per-deployment failure
+        raise AdminUnreachableError(
+            f"Restate admin API became unreachable during cleanup ({', '.join(sorted(lost))}); "
+            f"deleted before: {', '.join(report.deleted) or 'none'}. Run doctor, then rerun."
+        )
+    return report
+
+
+async def _clean_one(
+    client: RestateAdminClient,
+    plan: CleanupPlan,
+    stale: StaleDeployment,
+    report: CleanupReport,
+    timeout: float,
+    drain_timeout: float,
+) -> None:
+    if stale.protected and not plan.force_drain:
+        report.failures[stale.id] = (
+            "left in place: only deployment serving the latest revision of "
+            + ", ".join(stale.sole_latest_for)
+            + " (use forceDrain to delete it anyway)"
+        )
+        return
+    pinned = stale.pinned
+    if pinned and not plan.force_drain:
+        if await service_reachable(stale.service_url, timeout=timeout):
+            pinned = await _wait_for_drain(client, stale.id, drain_timeout, timeout)
+            if pinned:
+                report.failures[stale.id] = (
+                    f"still draining after {drain_timeout:g} s: {len(pinned)} pinned invocations "
+                    "(rerun later, or use forceDrain)"
+                )
+                return
+    if pinned:
+        for invocation_id in pinned:
+            try:
+                await client.kill_invocation(invocation_id, timeout=timeout)
+            except RestateRejected as exc:
+                if exc.status_code not in (404, 409):  # gone, or completed meanwhile
+                    raise
+        report.killed[stale.id] = pinned
+    try:
+        await client.delete_deployment(stale.id, timeout=timeout)
+    except RestateRejected as exc:
+        if exc.status_code != 404:  # already gone counts as done
+            raise
+    report.deleted.append(stale.id)
+
+
+async def _wait_for_drain(
+    client: RestateAdminClient, deployment_id: str, drain_timeout: float, timeout: float
+) -> list[str]:
+    deadline = time.monotonic() + drain_timeout
+    while True:
+        rows = await client.query(pinned_sql([deployment_id]), timeout=timeout)
+        pinned = sorted(str(r.get("id")) for r in rows)
+        if not pinned or time.monotonic() >= deadline:
+            return pinned
+        await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+async def write(
+    client: RestateAdminClient,
+    request: CleanupStaleDeploymentsRequest,
+    *,
+    timeout: float,
+    drain_timeout: float,
+    dry_run: bool,
+) -> WriteOutcome:
+    """Plan, and unless this is a dry run, act on every stale deployment."""
+    plan = await plan_cleanup(client, request, timeout=timeout)
+    steps = plan.steps()
+    if dry_run:
+        return WriteOutcome(result=DryRunResult(plan=steps), plan=steps)
+    report = await execute_cleanup(client, plan, timeout=timeout, drain_timeout=drain_timeout)
+    details = [f"kept {plan.keep.id}", f"deleted: {', '.join(report.deleted) or 'none'}"]
+    for deployment_id, killed in report.killed.items():
+        details.append(f"killed pinned to {deployment_id}: {', '.join(killed)}")
+    for deployment_id, why in report.failures.items():
+        details.append(f"NOT deleted {deployment_id}: {why}")
+    return WriteOutcome(result=Acknowledged(), plan=steps, details=details)
+
+
+def verify(request: CleanupStaleDeploymentsRequest, result: ApiModel, after: DoctorReadout) -> str:
+    """Whether the doctor after lists only the kept deployment."""
+    if after.deployments.status != "ok":
+        return f"deployments are {after.deployments.status}: {after.deployments.error}"
+    kept = [d.id for d in after.deployments.items if d.service_url == request.service_url]
+    others = [
+        f"{d.id} ({redact_url(d.service_url)})"
+        for d in after.deployments.items
+        if d.service_url != request.service_url
+    ]
+    if not others:
+        return f"only the kept deployment remains ({', '.join(kept)})"
+    return f"stale deployments remain: {', '.join(others)}"

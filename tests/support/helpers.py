@@ -1,0 +1,38 @@
+"""Small real-network helpers: a closed port, a port that never answers, a run's artifacts."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from tests.support.local_stack import free_port
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def black_hole_url() -> Iterator[str]:
+    """A loopback URL whose listener completes TCP handshakes but never reads or answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def artifacts_of(prefect_api_url: str, flow_run_id: str) -> list[dict[str, Any]]:
+    """The artifacts a Prefect flow run left, from Prefect's API."""
+    response = httpx.post(
+        f"{prefect_api_url}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        timeout=10,
+    )
+    response.raise_for_status()
+    result: list[dict[str, Any]] = response.json()
+    return result

@@ -1,0 +1,142 @@
+"""A bounded load run against the operator API on loopback: N concurrent doctor calls for a
+fixed time, plus a mix of refused writes. Prints what came back; changes nothing in Restate.
+
+    .venv/bin/python -m tools.load [--concurrency 50] [--seconds 30]
+        starts its own restate-server, sample service, Prefect server and operator API on free
+        loopback ports, runs the load, and checks one audit row per attempt;
+    .venv/bin/python -m tools.load --api URL --key KEY ...   uses a running API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+PREFIX = "/api/v2/admin/operator/restate"
+REFUSED_WRITES: list[tuple[str, Any]] = [
+    ("recover-stuck-workflow", {"serviceName": "Bad Name", "serviceKey": "k"}),  # 400
+    ("cleanup-stale-deployments", {"serviceUrl": "http://127.0.0.1:1/none/"}),  # 404
+    ("recover-stuck-workflow", {"serviceName": "NoSuchWorkflow", "serviceKey": "k"}),  # 409
+]
+
+
+@dataclass
+class LoadResult:
+    attempts: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)
+    doctor_ms: list[float] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        ms = sorted(self.doctor_ms)
+        return {
+            "attempts": self.attempts,
+            "statuses": dict(self.statuses),
+            "codes": dict(self.codes),
+            "doctor_calls": len(ms),
+            "doctor_p50_ms": round(statistics.median(ms), 1) if ms else None,
+            "doctor_p95_ms": round(ms[int(len(ms) * 0.95) - 1], 1) if ms else None,
+        }
+
+
+async def run_load(
+    api_url: str, key: str, *, concurrency: int, seconds: float, write_every: int = 5
+) -> LoadResult:
+    result = LoadResult()
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency + 5)
+    async with httpx.AsyncClient(base_url=api_url, timeout=120, limits=limits) as http:
+
+        async def worker(n: int) -> None:
+            while time.monotonic() < deadline:
+                result.attempts += 1
+                i = result.attempts
+                if write_every and i % write_every == 0:
+                    route, body = REFUSED_WRITES[(n + i) % len(REFUSED_WRITES)]
+                else:
+                    route, body = "doctor", {}
+                started = time.perf_counter()
+                try:
+                    response = await http.post(
+                        f"{PREFIX}/{route}", json=body, headers={"X-Api-Key": key}
+                    )
+                except httpx.HTTPError as exc:
+                    result.statuses[type(exc).__name__] += 1
+                    continue
+                result.statuses[str(response.status_code)] += 1
+                result.request_ids.append(response.headers.get("x-request-id", ""))
+                if response.status_code == 200 and route == "doctor":
+                    result.doctor_ms.append((time.perf_counter() - started) * 1000)
+                elif response.status_code != 200:
+                    result.codes[response.json().get("code", "?")] += 1
+
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return result
+
+
+def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
+    """Start the whole stack on loopback, load it, and count the audit rows."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sqlmodel import Session
+
+    from restate_recovery import store
+    from restate_recovery.settings import DATA_DIR
+    from tests.support.local_stack import full_stack
+
+    work = Path(tempfile.mkdtemp(prefix="load-"))
+    try:
+        with full_stack(work, DATA_DIR / "prefect-template") as stack:
+            api = stack.api
+            key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
+            result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
+            api.stop()  # it first records the doctor answers still pending (then rows are final)
+            with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
+                rows = store.list_attempts(session=session, limit=1_000_000)
+            return {
+                **result.summary(),
+                "concurrency": concurrency,
+                "seconds": seconds,
+                "audit_rows": len(rows),
+                "audit_rows_unfinished": sum(1 for r in rows if r.finished_at is None),
+            }
+    finally:
+        if os.environ.get("RECOVERY_KEEP_LOAD_DIR"):
+            print(f"kept {work}")  # noqa: T201
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--api")
+    parser.add_argument("--key")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    if args.api is None:
+        summary = local_run(args.concurrency, args.seconds)
+    else:
+        if not args.api.startswith(("http://127.", "http://localhost", "http://[::1]")):
+            raise SystemExit("load runs against loopback only")
+        result = asyncio.run(
+            run_load(args.api, args.key, concurrency=args.concurrency, seconds=args.seconds)
+        )
+        summary = result.summary()
+    print(json.dumps(summary, indent=2))  # noqa: T201 - a command's output
+
+
+if __name__ == "__main__":
+    main()
