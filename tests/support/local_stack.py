@@ -296,6 +296,7 @@ class PrefectServer:
     template_cache: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    auth_string: str | None = None  # PREFECT_SERVER_API_AUTH_STRING: every client must send it
 
     @property
     def api_url(self) -> str:
@@ -317,6 +318,8 @@ class PrefectServer:
                 "PREFECT_API_URL": self.api_url,
             }
         )
+        if self.auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         self.process = _spawn(
             "prefect server",
             [str(Path(sys.executable).parent / "prefect"), "server", "start", "--no-ui"],

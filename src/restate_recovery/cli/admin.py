@@ -1,21 +1,15 @@
 """The CLI's administration commands, run where the audit database is (``RECOVERY_DATABASE_URL``):
-API keys, the audit log, the automations, and serving the operator API."""
+API keys, the audit log, the automations, and serving the operator API. Their imports wait until
+they run: the runbook commands' remote mode must start fast."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
-from restate_recovery import prefect_env
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly the JSON body on stdout.")]
-
-keys_app = typer.Typer(help="Operator API keys (stored hashed; a key is shown once).")
-audit_app = typer.Typer(help="The operations audit log.")
-automations_app = typer.Typer(help="Prefect automations that let alerts drive the runbooks.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the JSON on stdout.")
 
 
 def _session() -> Any:
@@ -27,27 +21,30 @@ def _session() -> Any:
 
 
 def _emit(body: Any) -> None:
-    from restate_recovery.cli.render import emit_json
+    from restate_recovery.cli.output import emit_json
 
     emit_json(body)
 
 
+@click.group("api-keys", help="Operator API keys (stored hashed; a key is shown once).")
+def keys_app() -> None:
+    pass
+
+
 @keys_app.command("create")
-def api_keys_create(
-    actor: Annotated[str, typer.Option("--actor", help="Actor user id the key acts as.")],
-    role: Annotated[str, typer.Option("--role", help="Role recorded in audit rows.")],
-    permission: Annotated[
-        list[str] | None,
-        typer.Option("--permission", help="Permission (repeatable), e.g. system:operate."),
-    ] = None,
-    json_output: JsonOption = False,
-) -> None:
+@click.option("--actor", required=True, help="Actor user id the key acts as.")
+@click.option("--role", required=True, help="Role recorded in audit rows.")
+@click.option(
+    "--permission", "permissions", multiple=True, help="Permission (repeatable): system:operate."
+)
+@json_option
+def api_keys_create(actor: str, role: str, permissions: tuple[str, ...], as_json: bool) -> None:
     """Create an API key and print it once."""
     from restate_recovery import store
 
     with _session() as session:
         key, plaintext = store.create_api_key(
-            session=session, actor=actor, role=role, permissions=list(permission or [])
+            session=session, actor=actor, role=role, permissions=list(permissions)
         )
     body = {
         "id": key.id,
@@ -56,87 +53,104 @@ def api_keys_create(
         "role": key.role,
         "permissions": key.permissions,
     }
-    if json_output:
+    if as_json:
         _emit(body)
     else:
-        typer.echo(f"key {key.id} for {actor} ({role}; {', '.join(key.permissions) or 'none'})")
-        typer.echo(f"X-Api-Key: {plaintext}")
-        typer.echo("It is shown only now: store it in your secret manager.")
+        click.echo(f"key {key.id} for {actor} ({role}; {', '.join(key.permissions) or 'none'})")
+        click.echo(f"X-Api-Key: {plaintext}")
+        click.echo("It is shown only now: store it in your secret manager.")
 
 
 @keys_app.command("list")
-def api_keys_list(json_output: JsonOption = False) -> None:
+@json_option
+def api_keys_list(as_json: bool) -> None:
     """List API keys (never the keys themselves)."""
     from restate_recovery import store
 
     with _session() as session:
         rows = [store.api_key_public(k) for k in store.list_api_keys(session=session)]
-    if json_output:
+    if as_json:
         _emit(rows)
         return
     for row in rows:
         state = f"revoked {row['revokedAt']}" if row["revokedAt"] else "active"
-        typer.echo(
+        click.echo(
             f"{row['id']}  {row['actor']}  {row['role']}  {','.join(row['permissions'])}  {state}"
         )
 
 
 @keys_app.command("revoke")
-def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
+@click.argument("key_id")
+def api_keys_revoke(key_id: str) -> None:
     """Revoke an API key (it answers 401 from then on)."""
     from restate_recovery import store
 
     with _session() as session:
         if not store.revoke_api_key(session=session, key_id=key_id):
-            typer.echo(f"no API key {key_id}", err=True)
-            raise typer.Exit(1)
-    typer.echo(f"revoked {key_id}")
+            click.echo(f"no API key {key_id}", err=True)
+            raise SystemExit(1)
+    click.echo(f"revoked {key_id}")
+
+
+@click.group("audit", help="The operations audit log.")
+def audit_app() -> None:
+    pass
 
 
 @audit_app.command("list")
-def audit_list(
-    json_output: JsonOption = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
-) -> None:
+@json_option
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+def audit_list(as_json: bool, limit: int) -> None:
     """The newest audit rows first."""
     from restate_recovery import store
 
     with _session() as session:
         rows = [store.audit_public(r) for r in store.list_attempts(session=session, limit=limit)]
-    if json_output:
+    if as_json:
         _emit(rows)
         return
     for row in rows:
         error = f"  {row['error']['code']}" if row["error"] else ""
-        typer.echo(
+        click.echo(
             f"{row['startedAt']}  {row['actorUserId']} ({row['roleAtTime']})  {row['route']}  "
             f"{row['outcome'] or 'running'}{error}  {json.dumps(row['arguments'])}"
         )
 
 
+@click.group("automations", help="Prefect automations that let alerts drive the runbooks.")
+def automations_app() -> None:
+    pass
+
+
 @automations_app.command("apply")
 def automations_apply() -> None:
-    """Create or replace the automations of deployments/automations.py (needs a Prefect server
-    with the deployments of prefect.yaml or deployments/serve.py)."""
+    """Create or replace the automations (deployments/automations.py); needs a Prefect server
+    with the runbook deployments (prefect.yaml or deployments/serve.py)."""
+    import asyncio
+
+    from restate_recovery import prefect_env
+
     if not prefect_env.configure(announce=False):
-        typer.echo("automations apply needs PREFECT_API_URL (a running Prefect server)", err=True)
-        raise typer.Exit(1)
+        click.echo("automations apply needs PREFECT_API_URL (a running Prefect server)", err=True)
+        raise SystemExit(1)
     from deployments import automations
 
     for name in asyncio.run(automations.apply()):
-        typer.echo(f"applied {name}")
+        click.echo(f"applied {name}")
 
 
-def api(
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
-) -> None:
+@click.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def api(host: str, port: int) -> None:
     """Serve the operator HTTP API (FastAPI + uvicorn); needs PREFECT_API_URL."""
+    from restate_recovery import prefect_env
+
     if not prefect_env.configure(announce=False):
         # Prefect's temporary server is for one-shot commands: a long-lived API running flows
         # against it concurrently had doctor records hang for good (seen in CI).
-        typer.echo("the operator API needs PREFECT_API_URL (a running Prefect server)", err=True)
-        raise typer.Exit(2)
+        click.echo("the operator API needs PREFECT_API_URL (a running Prefect server)", err=True)
+        raise SystemExit(2)
     import uvicorn
 
     from restate_recovery.api.main import create_app
@@ -144,8 +158,6 @@ def api(
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(keys_app, name="api-keys")
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(automations_app, name="automations")
-    app.command()(api)
+def register(app: click.Group) -> None:
+    for command in (keys_app, audit_app, automations_app, api):
+        app.add_command(command)

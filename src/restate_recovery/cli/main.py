@@ -12,39 +12,45 @@ Two modes, chosen by the environment:
 Both print the same: a table, or with ``--json`` exactly the route's body (or the error body) on
 stdout. Exit codes: 0 success (a doctor readout is a success, whatever it reads), 1 the route (or
 the API) answered an error, 2 bad usage or configuration.
+
+Imports wait until a command needs them: the remote mode loads only click and the standard
+library, so an operator's call starts fast.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from restate_recovery.cli.remote import Answer
 
 EXIT_OK, EXIT_ROUTE_ERROR, EXIT_USAGE = 0, 1, 2
 
-app = typer.Typer(
-    name="restate-recovery",
-    help="Operator runbooks that bring a Restate durable execution engine back to health.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print exactly the route's JSON body on stdout."
+)
+reason_option = click.option(
+    "--reason", default=None, help="Why you run this (audit row and incident record)."
+)
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Only plan: print what would be done, change nothing."
 )
 
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print exactly the route's JSON body on stdout.")
-]
-ReasonOption = Annotated[
-    str | None,
-    typer.Option("--reason", help="Why you run this (audit row and incident record)."),
-]
-DryRunOption = Annotated[
-    bool, typer.Option("--dry-run", help="Only plan: print what would be done, change nothing.")
-]
+
+@click.group(
+    name="restate-recovery",
+    help="Operator runbooks that bring a Restate durable execution engine back to health.\n\n"
+    "With DALP_API_URL and DALP_API_KEY set, the runbook commands are run by the operator API "
+    "(remote mode); without DALP_API_URL they run in this process against RESTATE_ADMIN_URL "
+    "(local break-glass mode).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+def app() -> None:
+    pass
 
 
 def remote_mode() -> bool:
@@ -58,14 +64,14 @@ def post(name: str, body: dict[str, Any], *, reason: str | None, dry_run: bool) 
     try:
         client = OperatorApiClient.from_environment()
     except ConfigError as exc:
-        typer.echo(f"restate-recovery: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from exc
+        click.echo(f"restate-recovery: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from exc
     return client.post(name, body, reason=reason, dry_run=dry_run)
 
 
 def show(answer: Answer, *, as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
     """Print the answer: its body (``--json``, or rendered), or its error body."""
-    from restate_recovery.cli.render import emit_json, show_error
+    from restate_recovery.cli.output import emit_json, show_error
 
     if not answer.ok:
         show_error(answer.body, as_json=as_json)
@@ -75,19 +81,15 @@ def show(answer: Answer, *, as_json: bool, render: Callable[[dict[str, Any]], No
         render(answer.body)
 
 
-def finish(answer: Answer, *, as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
-    """Print the answer and exit with its code."""
-    show(answer, as_json=as_json, render=render)
+def finish(answer: Answer) -> None:
     if not answer.ok:
-        raise typer.Exit(EXIT_ROUTE_ERROR)
+        raise SystemExit(EXIT_ROUTE_ERROR)
 
 
 def show_readout(body: dict[str, Any]) -> None:
-    from rich.console import Console
-
     from restate_recovery.cli.render import render_readout
 
-    render_readout(body, Console())
+    render_readout(body)
 
 
 def run_runbook(
@@ -102,22 +104,24 @@ def run_runbook(
 
         answer = run_write(runbook(name), body, reason=reason, dry_run=dry_run)
 
-    def show(result: dict[str, Any]) -> None:
-        from rich.console import Console
-
+    def rendered(result: dict[str, Any]) -> None:
         from restate_recovery.cli.render import render_write
 
-        render_write(name, result, Console())
+        render_write(name, result)
 
-    finish(answer, as_json=as_json, render=show)
+    show(answer, as_json=as_json, render=rendered)
+    finish(answer)
 
 
 @app.command()
-def doctor(json_output: JsonOption = False, reason: ReasonOption = None) -> None:
+@json_option
+@reason_option
+def doctor(as_json: bool, reason: str | None) -> None:
     """Read-only readout of ingress, admin API, deployments, services and invocations."""
     if remote_mode():
         answer = post("doctor", {}, reason=reason, dry_run=False)
-        finish(answer, as_json=json_output, render=show_readout)
+        show(answer, as_json=as_json, render=show_readout)
+        finish(answer)
         return
     import asyncio
 
@@ -125,68 +129,59 @@ def doctor(json_output: JsonOption = False, reason: ReasonOption = None) -> None
     from restate_recovery.runbooks import DOCTOR
 
     def shown(answer: Answer) -> None:  # printed as soon as the probes are done
-        show(answer, as_json=json_output, render=show_readout)
+        show(answer, as_json=as_json, render=show_readout)
 
-    answer = asyncio.run(answer_doctor(DOCTOR, reason=reason, shown=shown))
-    if not answer.ok:
-        raise typer.Exit(EXIT_ROUTE_ERROR)
+    finish(asyncio.run(answer_doctor(DOCTOR, reason=reason, shown=shown)))
 
 
 @app.command("force-redeploy")
+@click.option("--service-url", required=True, help="Live service URL.")
+@click.option("--force/--no-force", default=True, show_default=True, help="Forced registration.")
+@dry_run_option
+@reason_option
+@json_option
 def force_redeploy(
-    service_url: Annotated[str, typer.Option("--service-url", help="Live service URL.")],
-    force: Annotated[bool, typer.Option("--force/--no-force", help="Forced registration.")] = True,
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    json_output: JsonOption = False,
+    service_url: str, force: bool, dry_run: bool, reason: str | None, as_json: bool
 ) -> None:
     """Register the live durable workflow service URL; prints the deployment id."""
     body = {"serviceUrl": service_url, "force": force}
-    run_runbook("force-redeploy", body, reason=reason, dry_run=dry_run, as_json=json_output)
+    run_runbook("force-redeploy", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
 @app.command("cleanup-stale-deployments")
+@click.option(
+    "--service-url", required=True, help="Exact registered URL of the deployment to keep."
+)
+@click.option("--force-drain", is_flag=True, help="Kill pinned work instead of waiting.")
+@dry_run_option
+@reason_option
+@json_option
 def cleanup_stale_deployments(
-    service_url: Annotated[
-        str, typer.Option("--service-url", help="Exact registered URL of the deployment to keep.")
-    ],
-    force_drain: Annotated[
-        bool, typer.Option("--force-drain", help="Kill pinned work instead of waiting.")
-    ] = False,
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    json_output: JsonOption = False,
+    service_url: str, force_drain: bool, dry_run: bool, reason: str | None, as_json: bool
 ) -> None:
     """Keep the deployment matching --service-url exactly; drain and delete the others."""
     body = {"serviceUrl": service_url, "forceDrain": force_drain}
-    run_runbook(
-        "cleanup-stale-deployments", body, reason=reason, dry_run=dry_run, as_json=json_output
-    )
+    run_runbook("cleanup-stale-deployments", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
 @app.command("recover-stuck-workflow")
+@click.option("--service-name", required=True, help="Workflow service name.")
+@click.option("--service-key", required=True, help="Workflow key.")
+@dry_run_option
+@reason_option
+@json_option
 def recover_stuck_workflow(
-    service_name: Annotated[str, typer.Option("--service-name", help="Workflow service name.")],
-    service_key: Annotated[str, typer.Option("--service-key", help="Workflow key.")],
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    json_output: JsonOption = False,
+    service_name: str, service_key: str, dry_run: bool, reason: str | None, as_json: bool
 ) -> None:
     """Kill and purge a terminal-failed workflow key's runs and clear its state."""
     body = {"serviceName": service_name, "serviceKey": service_key}
-    run_runbook("recover-stuck-workflow", body, reason=reason, dry_run=dry_run, as_json=json_output)
-
-
-def _register_admin_commands() -> None:
-    from restate_recovery.cli import admin
-
-    admin.register(app)
-
-
-_register_admin_commands()
+    run_runbook("recover-stuck-workflow", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
 def main() -> None:
+    from restate_recovery.cli import admin
+
+    admin.register(app)
     app()
 
 

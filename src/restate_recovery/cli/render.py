@@ -1,11 +1,9 @@
-"""What the CLI prints, the same in both modes: it renders the route's JSON body (the readout, a
-write's answer or plan, an error body), whether the operator API sent it or a local run made it.
-``--json`` prints that body as it is, and nothing else, on stdout."""
+"""The CLI's tables, the same in both modes: it renders the route's JSON body (the readout, a
+write's answer or plan), whether the operator API sent it or a local run made it."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from rich.console import Console
@@ -13,24 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 COLOUR = {"ok": "green", "degraded": "yellow", "unreachable": "red"}
-
-
-def emit_json(body: Any) -> None:
-    sys.stdout.write(json.dumps(body, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def show_error(body: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        emit_json(body)
-        return
-    request = f" (request {body['requestId']})" if body.get("requestId") else ""
-    Console(stderr=True).print(
-        f"[bold red]{escape(str(body.get('code')))}[/]: {escape(str(body.get('message')))}"
-        + escape(request)
-    )
-    for error in (body.get("data") or {}).get("errors", []):
-        Console(stderr=True).print(f"  {escape(error['field'])}: {escape(error['message'])}")
 
 
 def _status(part: dict[str, Any]) -> str:
@@ -43,8 +23,9 @@ def _latency(part: dict[str, Any]) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def render_readout(readout: dict[str, Any], console: Console) -> None:
+def render_readout(readout: dict[str, Any], console: Console | None = None) -> None:
     """The doctor's readout (the route's JSON) as tables."""
+    console = console or Console()
     table = Table(title="Restate doctor", show_lines=False)
     for column in ("component", "status", "latency ms", "detail"):
         table.add_column(column)
@@ -107,8 +88,9 @@ def render_readout(readout: dict[str, Any], console: Console) -> None:
         console.print(listing)
 
 
-def render_write(name: str, body: dict[str, Any], console: Console) -> None:
+def render_write(name: str, body: dict[str, Any], console: Console | None = None) -> None:
     """A write's answer: the plan of a dry run, else the route's body."""
+    console = console or Console()
     if body.get("dryRun"):
         console.print(f"[bold]{name}[/] dry run: nothing changed. Plan:")
         for step in body["plan"]:
