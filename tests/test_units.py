@@ -333,3 +333,31 @@ def test_a_server_url_anywhere_prefect_reads_it_counts_as_configured(
     configured, stderr = configure_in_a_new_process(home, cwd)
     assert configured and "note:" not in stderr
     assert not (home / "prefect.db").exists()
+
+
+def test_a_service_url_is_sealed_once_where_it_enters(settings_env: pytest.MonkeyPatch) -> None:
+    """Kept intact in the model (Restate needs the credentials), redacted in every serialization
+    and repr (what Prefect, the audit table and logs keep); a redacted URL is unsealed with the
+    configured RESTATE_SERVICE_URL, and refused when nothing here holds its credentials."""
+    from pydantic import ValidationError
+
+    from restate_recovery.schemas import CleanupStaleDeploymentsRequest, ForceRedeployRequest
+
+    settings_env.setenv("RESTATE_SERVICE_URL", "http://ops:pw1@live:9080")
+    given = ForceRedeployRequest.model_validate({"serviceUrl": "http://ops:pw2@other:9080/v1"})
+
+    assert given.service_url == "http://ops:pw2@other:9080/v1"
+    assert given.to_json() == {"serviceUrl": "http://REDACTED@other:9080/v1", "force": True}
+    assert "pw2" not in repr(given) and "pw2" not in str(given) and "pw2" not in given.target
+    from fastapi.encoders import jsonable_encoder  # what Prefect stores as a run's parameters
+
+    assert "pw2" not in str(jsonable_encoder({"request": given}))
+
+    for redacted, real in [
+        ("http://REDACTED@live:9080", "http://ops:pw1@live:9080"),
+        ("http://REDACTED@live:9080/", "http://ops:pw1@live:9080/"),  # as Restate stores it
+    ]:
+        unsealed = CleanupStaleDeploymentsRequest.model_validate({"serviceUrl": redacted})
+        assert unsealed.service_url == real
+    with pytest.raises(ValidationError, match="credentials are not available"):
+        ForceRedeployRequest.model_validate({"serviceUrl": "http://REDACTED@elsewhere:9080"})

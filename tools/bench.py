@@ -306,6 +306,11 @@ class Bench:
             cli = [await self.cli_doctor(self.stack.env) for _ in range(repeats)]
             rows.append(("doctor: CLI local mode, readout printed", [a for a, _ in cli]))
             rows.append(("doctor: CLI local mode, exit (run recorded)", [t for _, t in cli]))
+            rows.append(("  (python -c 'import prefect', a new process)", await timed(
+                repeats, lambda: asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-c", "import prefect"], check=True
+                )
+            )))  # fmt: skip
             rows.append(
                 ("same readout with the restate CLI", await timed(3, self.restate_cli_readout))
             )

@@ -11,7 +11,6 @@ once the run is recorded.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from concurrent.futures import Executor
 from typing import Any
@@ -73,7 +72,7 @@ async def run_runbook(
 
 def record_flow() -> Any:
     """The flow that records an answered doctor readout (``flows/doctor.py``, beside the doctor)."""
-    return importlib.import_module(DOCTOR.module).record_answer
+    return DOCTOR.flow("record_answer")
 
 
 # A record is a flow run; more of them at once only slow Prefect's server down.
@@ -143,9 +142,15 @@ class DoctorAnswers:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, row: AuditedAttempt, error: BaseException) -> None:
+    async def _finish(self, row: AuditedAttempt, error: BaseException | None) -> None:
         try:
             await row.finish(error)
+        except Exception as exc:
+            logger.error(
+                "the audit row of doctor answer %s was not finished: %s",
+                row.attempt.request_id,
+                type(exc).__name__,
+            )
         finally:
             self._pending.release()
 
@@ -167,10 +172,7 @@ class DoctorAnswers:
                 "doctor answer %s was not recorded in Prefect: %s", name, type(exc).__name__
             )
         finally:
-            try:
-                await row.finish(error)
-            finally:
-                self._pending.release()
+            await self._finish(row, error)
 
     async def aclose(self) -> None:
         """Close the probes' clients (after ``drain``)."""

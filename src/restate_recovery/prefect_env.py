@@ -47,9 +47,21 @@ def seed_embedded_database(home: Path, database_url: str) -> bool:
     return True
 
 
+_configured: list[bool] = []  # the answer of the first call: Prefect reads its settings once
+
+
 def configure(*, announce: bool = True) -> bool:
     """Set safe defaults before Prefect first reads its settings (never overriding the caller's),
-    then read them the way Prefect does. Returns True when they name a server."""
+    then read them the way Prefect does. Returns True when they name a server. Only the first
+    call in a process does this (and says what the temporary server costs); later calls return
+    its answer."""
+    if _configured:
+        return _configured[0]
+    _configured.append(_configure(announce=announce))
+    return _configured[0]
+
+
+def _configure(*, announce: bool) -> bool:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_CLI_PROMPT", "false")

@@ -12,7 +12,6 @@ import asyncio
 import getpass
 from typing import Any
 
-from restate_recovery import prefect_env
 from restate_recovery.audit import Attempt, arguments_of, refused
 from restate_recovery.cli.remote import Answer
 from restate_recovery.errors import InvalidRequestError, OperatorError
@@ -47,7 +46,6 @@ async def _run_write(
     except InvalidRequestError as exc:
         await refused(attempt(runbook, {"invalidBody": True}, reason), exc)
         return Answer(ok=False, body=exc.body())
-    prefect_env.configure()
     try:
         result = await run_runbook(
             runbook,
@@ -62,10 +60,10 @@ async def _run_write(
 
 async def answer_doctor(runbook: Runbook, *, reason: str | None, shown: Any) -> Answer:
     """Probe and hand the answer to ``shown`` at once, then record it as a ``restate-doctor``
-    flow run (as the operator API does) before returning."""
+    flow run (as the operator API does) before returning. Prefect is imported only for the
+    record, after the answer is shown."""
     from restate_recovery.execution import DoctorAnswers
 
-    prefect_env.configure()
     answers = DoctorAnswers(source="CLI", max_pending=1)
     try:
         try:

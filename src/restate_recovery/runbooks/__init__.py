@@ -66,9 +66,14 @@ class Runbook:
         """``<flow>/<deployment>``, as Prefect names it."""
         return f"{self.flow_name}/{self.deployment}"
 
-    def flow(self) -> Flow[..., Any]:
-        """The Prefect flow object (imports Prefect)."""
-        flow: Flow[..., Any] = getattr(importlib.import_module(self.module), self.function)
+    def flow(self, function: str | None = None) -> Flow[..., Any]:
+        """The Prefect flow object (or another flow of its module). The first call imports
+        Prefect, after its defaults are set (``prefect_env.configure``)."""
+        from restate_recovery import prefect_env
+
+        prefect_env.configure()
+        module = importlib.import_module(self.module)
+        flow: Flow[..., Any] = getattr(module, function or self.function)
         return flow
 
     def lock_target(self, request: RequestModel) -> str:
