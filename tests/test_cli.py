@@ -53,11 +53,10 @@ def test_doctor_json_prints_exactly_the_readout(
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)  # stdout is the JSON and nothing else
     assert set(body) == {"ingress", "admin", "deployments", "services", "invocations"}
-    assert body["admin"] == {
-        "status": "ok",
-        "latencyMs": body["admin"]["latencyMs"],
-        "version": "1.7.12",
-    }
+    assert set(body["admin"]) == {"status", "latencyMs", "version"}
+    assert (body["admin"]["status"], body["admin"]["version"]) == ("ok", "1.7.12")
+    latency = body["admin"]["latencyMs"]
+    assert isinstance(latency, int | float) and 0 < latency < 3000  # measured, within the bound
     assert body["deployments"]["items"][0]["serviceUrl"] == restate.service_url + "/"
     assert any(f["serviceKey"] == key for f in body["invocations"]["recentFailures"])
     assert "note: PREFECT_API_URL is not set" not in result.stderr

@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from restate_recovery.errors import AdminUnreachableError, DeploymentNotFoundError
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
+from tests.support.fault_proxy import Fault, FaultProxy, running
 from tests.support.helpers import closed_port_url
 from tests.support.local_stack import (
     PrefectServer,
@@ -204,28 +205,53 @@ async def flow_run_state(name: str) -> tuple[str, str]:
 
 
 async def test_a_cleanup_racing_a_registration_never_interleaves(
-    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+    prefect_server: PrefectServer,
+    fresh_env: RestateStack,
+    second_service: SampleService,
+    settings_env: pytest.MonkeyPatch,
 ) -> None:
-    """Both take the one deployments lock: the registration lands before or after the cleanup,
-    and a rerun of the cleanup leaves exactly the kept deployment."""
+    """Both take the one deployments lock. The cleanup's delete of a stale deployment is held
+    for a while at the admin API (a proxy); a registration started meanwhile reaches the admin
+    API only after the cleanup's delete was answered, never while it is held. Without the lock
+    the registration's POST would arrive during the hold."""
     import asyncio
 
     keep = fresh_env.service_url + "/"
-    cleanup, redeploy = await asyncio.gather(
-        run_flow("cleanup-stale-deployments", service_url=keep),
-        run_flow("force-redeploy", service_url=second_service.url),
+    stale = httpx.post(
+        f"{fresh_env.admin_url}/deployments",
+        json={"uri": f"{second_service.url}/stale/", "force": True},
+        timeout=30,
+    ).json()["id"]
+    deleting = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def held() -> None:  # runs in the proxy's thread as the delete arrives
+        loop.call_soon_threadsafe(deleting.set)
+
+    proxy = FaultProxy(
+        fresh_env.admin_url, rules={("DELETE", "/deployments/"): Fault(delay=2.0, hook=held)}
     )
+    with running(proxy):
+        settings_env.setenv("RESTATE_ADMIN_URL", proxy.url)
+        get_settings.cache_clear()
+        cleaning = asyncio.ensure_future(run_flow("cleanup-stale-deployments", service_url=keep))
+        await asyncio.wait_for(deleting.wait(), timeout=60)
+        redeploy = await run_flow("force-redeploy", service_url=second_service.url)
+        cleanup = await cleaning
+
     assert cleanup == {"acknowledged": True}
-    new_id = redeploy["deploymentId"]
-    listed = deployments(fresh_env.admin_url)
-    assert fresh_env.deployment_id in listed
-    # ran first: the new deployment was cleaned up; ran second: it is there. Never half of it.
-    assert listed in (
-        {fresh_env.deployment_id: keep},
-        {fresh_env.deployment_id: keep, new_id: second_service.url + "/"},
+    delete_answered = next(
+        t for t, what, request in proxy.timeline
+        if what == "out" and request == f"DELETE /deployments/{stale}"
+    )  # fmt: skip
+    registration_arrived = next(
+        t for t, what, request in proxy.timeline if what == "in" and request == "POST /deployments"
     )
-    assert await run_flow("cleanup-stale-deployments", service_url=keep) == {"acknowledged": True}
-    assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: keep}
+    assert registration_arrived > delete_answered
+    assert deployments(fresh_env.admin_url) == {
+        fresh_env.deployment_id: keep,
+        redeploy["deploymentId"]: second_service.url + "/",
+    }
 
 
 async def test_runs_creating_the_same_new_lock_at_once_all_get_it(

@@ -104,7 +104,7 @@ def deployed(prefect_server: PrefectServer, sample_service: SampleService) -> It
     run([str(BIN / "restate-recovery"), "automations", "apply"], env)
     api = OperatorApi(env=env, log_path=home / "api.log").start()
     key = api.create_key(actor="alert_bot", role="automation", permissions=["system:operate"])
-    time.sleep(3)  # let the trigger service load the new automations
+    asyncio.run(wait_until_automations_are_live())
     try:
         deployed = Deployed(restate, sample_service.url, env, api, key, worker)
         yield deployed
@@ -112,6 +112,45 @@ def deployed(prefect_server: PrefectServer, sample_service: SampleService) -> It
         api.stop()
         deployed.stop_worker()
         restate.stop()
+
+
+async def wait_until_automations_are_live(timeout: float = 60) -> None:
+    """An event sent just after an automation is created may arrive before Prefect's trigger
+    service has loaded it. A canary automation, created after the others, is sent events until
+    it acts: the trigger service then has every automation created before it."""
+    from prefect.automations import Automation
+    from prefect.events import Event
+    from prefect.events.actions import DoNothing
+    from prefect.events.clients import get_events_client
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL
+
+    canary = await Automation(
+        name=f"tests-canary-{uuid.uuid4().hex[:8]}",
+        trigger=EventTrigger(
+            expect={"restate.tests.canary"}, posture=Posture.Reactive, threshold=1
+        ),
+        actions=[DoNothing()],
+    ).acreate()
+    assert canary.id is not None
+    acted = {"event": {"name": ["prefect.automation.action.executed"]},
+             "resource": {"id": [f"prefect.automation.{canary.id}"]}}  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=10) as http:
+            while True:
+                async with get_events_client(checkpoint_every=1) as events:
+                    await events.emit(
+                        Event(event="restate.tests.canary", resource={"prefect.resource.id": "t"})
+                    )
+                await asyncio.sleep(1)
+                found = await http.post("/events/filter", json={"filter": acted, "limit": 1})
+                if found.json()["events"]:
+                    return
+                assert time.monotonic() < deadline, "the trigger service never loaded automations"
+    finally:
+        async with get_client() as client:
+            await client.delete_automation(canary.id)
 
 
 async def runs_of(deployment_name: str) -> list[FlowRun]:
@@ -295,40 +334,59 @@ async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
     deployed: Deployed,
 ) -> None:
     """Last in this module: the worker stops and the prefect.yaml deployments are deleted; the
-    serve entrypoint registers the same deployments and runs them itself."""
+    serve entrypoint registers the same deployments from the registry and runs each of them
+    itself (the writes as dry runs), from a directory that is not the checkout."""
+    from restate_recovery.runbooks import RUNBOOKS
+
     deployed.stop_worker()
     async with get_client() as client:
-        for name in (
-            "restate-doctor/doctor",
-            "force-redeploy/manual",
-            "cleanup-stale-deployments/manual",
-            "recover-stuck-workflow/manual",
-        ):
-            await client.delete_deployment((await client.read_deployment_by_name(name)).id)
+        for runbook in RUNBOOKS:
+            deployment = await client.read_deployment_by_name(runbook.deployment_name)
+            await client.delete_deployment(deployment.id)
     env = {**deployed.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log_path = SESSION_DIR / "deployed" / "serve.log"
     log = log_path.open("ab")
     server = subprocess.Popen(
-        [sys.executable, "deployments/serve.py"],
+        [sys.executable, str(PROJECT_DIR / "deployments" / "serve.py")],
         env=env,
-        cwd=PROJECT_DIR,
+        cwd=SESSION_DIR,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    key, _ = failed_key(deployed, "served")
+    parameters: dict[str, dict[str, Any]] = {
+        "doctor": {},
+        "force-redeploy": {"request": {"serviceUrl": deployed.service_url}, "dry_run": True},
+        "cleanup-stale-deployments": {
+            "request": {"serviceUrl": deployed.service_url + "/"},
+            "dry_run": True,
+        },
+        "recover-stuck-workflow": {
+            "request": {"serviceName": WORKFLOW, "serviceKey": key},
+            "dry_run": True,
+        },
+    }
     try:
         deadline = time.monotonic() + 90
         while "being served" not in log_path.read_text(errors="replace"):
             assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
             await asyncio.sleep(0.5)
         async with get_client() as client:
-            deployment = await client.read_deployment_by_name("restate-doctor/doctor")
-        (schedule,) = deployment.schedules
+            doctor = await client.read_deployment_by_name("restate-doctor/doctor")
+        (schedule,) = doctor.schedules
         assert schedule.slug == "restate-doctor-every-5-minutes"
 
-        flow_run = await arun_deployment("restate-doctor/doctor", timeout=120)
+        runs = {
+            runbook.name: await arun_deployment(
+                runbook.deployment_name, parameters=parameters[runbook.name], timeout=120
+            )
+            for runbook in RUNBOOKS
+        }
 
-        assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+        for name, flow_run in runs.items():
+            assert flow_run.state is not None and flow_run.state.is_completed(), (name, flow_run)
+        assert [r["id"] for r in invocations_of(deployed, key)]  # dry run: nothing recovered
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -17,7 +17,9 @@ from prefect.client.schemas.filters import (
 )
 
 from restate_recovery.errors import RetryBlockedError
+from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
+from tests.support.fault_proxy import FaultProxy, running
 from tests.support.local_stack import (
     PrefectServer,
     submit_workflow,
@@ -166,20 +168,45 @@ async def test_a_succeeded_run_blocks_recovery(
 async def test_shared_handler_calls_are_not_run_invocations(
     prefect_server: PrefectServer, restate_env: RestateStack
 ) -> None:
-    key, _ = failed_key(restate_env, "shared")
+    """A status call (a shared handler) of a failed key is a completed, successful invocation of
+    the same key: it does not make the key 'already-succeeded', and only the run is recovered."""
+    key, run_id = failed_key(restate_env, "shared")
     status = httpx.post(f"{restate_env.ingress_url}/{WORKFLOW}/{key}/status", timeout=10)
     assert status.status_code == 200
+    before = {r["id"]: r for r in invocations_of(restate_env.admin_url, key)}
+    (shared_id,) = [i for i, r in before.items() if r["target_handler_name"] == "status"]
+    assert before[shared_id]["completion_result"] == "success"
 
     assert await recover(key) == {"acknowledged": True}
 
+    after = {r["id"] for r in invocations_of(restate_env.admin_url, key)}
+    assert run_id not in after  # the failed run was killed and purged
+    assert state_of(restate_env.admin_url, key) == {}
+    rerun = httpx.post(
+        f"{restate_env.ingress_url}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=30
+    )
+    assert rerun.status_code == 200 and rerun.json()["markerFoundAtStart"] is None
+
 
 async def test_unknown_service_is_query_failed_and_touches_nothing(
-    prefect_server: PrefectServer, restate_env: RestateStack
+    prefect_server: PrefectServer, restate_env: RestateStack, settings_env: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(RetryBlockedError) as info:
-        await run_flow("recover-stuck-workflow", service_name="NoSuchWorkflow", service_key="k")
+    """A name Restate does not know refuses before any write: the admin API sees no kill, purge
+    or state write, and a real workflow's failed run under the same key keeps its run and state."""
+    key, invocation_id = failed_key(restate_env, "unknown")
+    proxy = FaultProxy(restate_env.admin_url)
+    with running(proxy):
+        settings_env.setenv("RESTATE_ADMIN_URL", proxy.url)
+        get_settings.cache_clear()
+        with pytest.raises(RetryBlockedError) as info:
+            await run_flow("recover-stuck-workflow", service_name="NoSuchWorkflow", service_key=key)
+
     assert info.value.reason == "query-failed"
     assert "NoSuchWorkflow" in info.value.message
+    writes = [r for r in proxy.seen if not r.startswith(("GET ", "POST /query"))]
+    assert writes == []
+    assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [invocation_id]
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"fail"'}
 
 
 @pytest.mark.parametrize(
@@ -193,7 +220,8 @@ def test_bad_names_are_rejected_by_the_request_model(name: str, key: str) -> Non
     with pytest.raises(InvalidRequestError) as info:
         parse_request(RecoverStuckWorkflowRequest, {"serviceName": name, "serviceKey": key})
     assert info.value.http_status == 400
-    assert {e["field"] for e in info.value.errors} <= {"serviceName", "serviceKey"}
+    wrong = {"serviceName"} if name != WORKFLOW else {"serviceKey"}
+    assert {e["field"] for e in info.value.errors} == wrong
 
 
 async def test_dry_run_plans_and_changes_nothing(

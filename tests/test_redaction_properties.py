@@ -5,12 +5,14 @@ from __future__ import annotations
 import string
 import sys
 import threading
+import warnings
 from typing import Any
 
 import pytest
 import websockets.asyncio.connection as ws_connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import HypothesisDeprecationWarning
 from prefect.utilities.math import clamped_poisson_interval
 
 from restate_recovery.redaction import redact_arguments, redact_url
@@ -102,28 +104,40 @@ def test_arguments_without_urls_or_secret_keys_survive_unchanged(value: Any) -> 
 
 def test_background_threads_drawing_from_random_leave_hypothesis_alone() -> None:
     """The fixture's proof: a thread drawing as fast as it can through websockets' and Prefect's
-    ``random`` (a ping, a retry jitter) while Hypothesis draws. Without the fixture this fails
-    with a HypothesisDeprecationWarning on the first examples. (The fixture patches modules
-    loaded when the test starts: a thread already running has its modules loaded.)"""
+    ``random`` (a ping, a retry jitter) while Hypothesis draws. Hypothesis reads any change to
+    the global generator mid-draw as a strategy using ``random`` and warns (an error under this
+    suite's ``filterwarnings``); with the fixture it sees none. Without it the warnings come on
+    the first examples. (The fixture patches the modules loaded when the test starts.)"""
     stop = threading.Event()
+    drawn_in_thread = 0
 
     def pinger() -> None:
+        nonlocal drawn_in_thread
         while not stop.is_set():
             ws_connection.random.getrandbits(32)  # type: ignore[attr-defined]
             clamped_poisson_interval(1.0)
+            drawn_in_thread += 1
 
-    @settings(max_examples=50, deadline=None)
+    examples: list[int] = []
+
+    @settings(max_examples=50, deadline=None, database=None)
     @given(st.lists(st.text(min_size=20), min_size=20))
     def draws(values: list[str]) -> None:
-        assert values
+        examples.append(drawn_in_thread)
 
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # hand the GIL over often, so the thread lands mid-draw
     thread = threading.Thread(target=pinger, daemon=True)
     thread.start()
     try:
-        draws()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            draws()
     finally:
         stop.set()
         thread.join()
         sys.setswitchinterval(switch_interval)
+
+    assert len(examples) == 50
+    assert examples[-1] > examples[0]  # the thread did draw while Hypothesis drew
+    assert [w.message for w in caught if issubclass(w.category, HypothesisDeprecationWarning)] == []

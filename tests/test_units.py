@@ -361,3 +361,59 @@ def test_a_service_url_is_sealed_once_where_it_enters(settings_env: pytest.Monke
         assert unsealed.service_url == real
     with pytest.raises(ValidationError, match="credentials are not available"):
         ForceRedeployRequest.model_validate({"serviceUrl": "http://REDACTED@elsewhere:9080"})
+
+
+def test_the_doctor_artifact_says_what_an_operator_needs() -> None:
+    """The markdown artifact names every component with its status, the registered deployments,
+    each failed key with its error, and never a credential."""
+    from restate_recovery.doctor.render import readout_markdown
+    from restate_recovery.models import (
+        AdminReadout,
+        DeploymentItem,
+        DeploymentsReadout,
+        DoctorReadout,
+        IngressReadout,
+        InvocationFailure,
+        InvocationsReadout,
+        ServiceItem,
+        ServicesReadout,
+    )
+
+    readout = DoctorReadout(
+        ingress=IngressReadout(status="unreachable"),
+        admin=AdminReadout(status="ok", latency_ms=4.5, version="1.7.12"),
+        deployments=DeploymentsReadout(
+            status="ok",
+            items=[DeploymentItem(id="dp_1", service_url="http://u:pw@svc:9080/", created_at="t")],
+        ),
+        services=ServicesReadout(status="degraded", error="GET /services -> 503"),
+        invocations=InvocationsReadout(
+            status="ok",
+            by_status={"completed": 3, "paused": 1},
+            recent_failures=[
+                InvocationFailure(
+                    id="inv_1",
+                    service_name="IdentityRecoveryWorkflow",
+                    service_key="invitation_7",
+                    failed_at="2026-12-01T08:00:00.000Z",
+                    error_message="TerminalError: upstream | refused",
+                    status="completed",
+                )
+            ],
+        ),
+    )
+    markdown = readout_markdown(readout)
+
+    for row in (
+        "| ingress | unreachable |",
+        "| admin | ok | 4.5 | version 1.7.12 |",
+        "| deployments | ok | | 1 registered",
+        "| services | degraded | | 0 registered GET /services -> 503 |",
+        "| invocations | ok | | completed: 3, paused: 1",
+        "| dp_1 | http://REDACTED@svc:9080/ | t |",
+        "| inv_1 | IdentityRecoveryWorkflow | invitation_7 | completed | 2026-12-01T08:00:00.000Z "
+        "| TerminalError: upstream \\| refused |",
+    ):
+        assert row in markdown, row
+    assert "pw" not in markdown
+    assert ServiceItem(name="x").revision is None  # an unknown revision is omitted, not 0

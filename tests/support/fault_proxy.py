@@ -44,6 +44,8 @@ class FaultProxy:
     peers: list[tuple[str, int]] = field(default_factory=list)  # (path, client port) per request
     # Headers every request must carry (an authenticating gateway): 401 for any that lacks one.
     required_headers: dict[str, str] = field(default_factory=dict)
+    # (monotonic time, "in" when a request arrives | "out" once its answer is sent, "METHOD path")
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -70,6 +72,13 @@ class FaultProxy:
                 break
         method, path = scope["method"], scope["path"]
         self.seen.append(f"{method} {path}")
+        self.timeline.append((time.monotonic(), "in", f"{method} {path}"))
+        try:
+            await self._handle(scope, body, send, method, path)
+        finally:
+            self.timeline.append((time.monotonic(), "out", f"{method} {path}"))
+
+    async def _handle(self, scope: Scope, body: bytes, send: Any, method: str, path: str) -> None:
         self.peers.append((path, scope["client"][1]))
         sent = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if any(sent.get(k.lower()) != v for k, v in self.required_headers.items()):
