@@ -124,14 +124,7 @@ class DoctorAnswers:
         except BaseException as exc:  # crashed or cancelled: the row is finished all the same
             self._keep(self._finish(row, exc))
             raise
-        answer = DoctorAnswer(
-            readout=DoctorReadout.model_validate(redact(readout.to_json())) if readout else None,
-            error=error.body() if error else None,
-            source=self._source,
-            actor=attempt.actor,
-            request_id=attempt.request_id,
-        )
-        self._keep(self._record(row, answer, error))
+        self._keep(self._record(row, readout, error))
         if error is not None:
             raise error
         assert readout is not None
@@ -155,10 +148,20 @@ class DoctorAnswers:
             self._pending.release()
 
     async def _record(
-        self, row: AuditedAttempt, answer: DoctorAnswer, error: OperatorError | None
+        self, row: AuditedAttempt, readout: DoctorReadout | None, error: OperatorError | None
     ) -> None:
-        name = answer.request_id or f"({self._source})"
+        attempt = row.attempt
+        name = attempt.request_id or f"({self._source})"
         try:
+            answer = DoctorAnswer(  # what Prefect stores: redacted (the answer was not)
+                readout=DoctorReadout.model_validate(redact(readout.to_json()))
+                if readout
+                else None,
+                error=error.body() if error else None,
+                source=self._source,
+                actor=attempt.actor,
+                request_id=attempt.request_id,
+            )
             async with self._recording:
                 state = await run_flow(
                     record_flow(), {"answer": answer}, self._executor, (f"via:{self._source}",)
