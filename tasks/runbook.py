@@ -26,7 +26,7 @@ from restate_recovery.audit import Attempt, AuditedAttempt, arguments_of
 from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
 from restate_recovery.errors import RecoveryInProgressError
 from restate_recovery.models import ApiModel, DoctorReadout
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 from restate_recovery.runbooks import Runbook
 from restate_recovery.runbooks.guard import guard_admin
 from restate_recovery.runbooks.incident import IncidentRecord
@@ -117,7 +117,7 @@ async def run_write_runbook(
         record.outcome = "dry run: nothing changed" if dry_run else "acknowledged"
         if wrote:
             record.after = await verify_doctor(endpoints)
-            record.verification = redact_url(verify(request, outcome.result, record.after))
+            record.verification = redact_text(verify(request, outcome.result, record.after))
             logger.info("verify: %s", record.verification)
         if trail is not None:
             await trail.finish()

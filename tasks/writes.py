@@ -31,7 +31,7 @@ def _timeout() -> float:
 
 def _logged(what: str, outcome: WriteOutcome) -> WriteOutcome:
     logger = get_run_logger()
-    for line in outcome.details or [f"{what}: planned {len(outcome.plan)} steps"]:
+    for line in outcome.details or [f"planned {len(outcome.plan)} steps"]:
         logger.info("%s: %s", what, line)
     return outcome
 

@@ -26,6 +26,16 @@ from tests.support.runbooks import run_flow
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
 
+def query_status(admin_url: str, invocation_id: str) -> str | None:
+    rows = httpx.post(
+        f"{admin_url}/query",
+        json={"query": f"SELECT status FROM sys_invocation WHERE id = '{invocation_id}'"},
+        headers={"accept": "application/json"},
+        timeout=10,
+    ).json()["rows"]
+    return rows[0].get("status") if rows else None
+
+
 def deployments(admin_url: str) -> dict[str, str]:
     body = httpx.get(f"{admin_url}/deployments", timeout=10).json()
     return {d["id"]: d["uri"] for d in body["deployments"]}
@@ -115,6 +125,38 @@ async def test_cleanup_kills_work_pinned_to_an_unreachable_stale_deployment(
     assert result == {"acknowledged": True}
     assert stale_id not in deployments(fresh_env.admin_url)
     wait_for_status(fresh_env.admin_url, pinned, "completed")
+
+
+async def test_cleanup_never_kills_work_on_a_stale_deployment_only_restate_can_reach(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    """A network policy lets only Restate reach the stale deployment's service (a proxy that
+    drops every connection but Restate's, which sends no User-Agent). Whether the service answers
+    is asked of Restate (a discovery it runs), so the pinned work is waited on and, not drained
+    in time, left running with its deployment; this tool never calls the service itself."""
+    policy = FaultProxy(second_service.url, admit=lambda headers: "user-agent" not in headers)
+    with running(policy):
+        response = httpx.post(
+            f"{fresh_env.admin_url}/deployments",
+            json={"uri": policy.url, "force": True, "use_http_11": True},
+            timeout=30,
+        )
+        stale_id = response.json()["id"]  # now the latest: new runs pin to it
+        pinned = submit_workflow(fresh_env.ingress_url, "behind_policy", "sleep", seconds=600)
+        wait_for_status(fresh_env.admin_url, pinned, "suspended")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{policy.url}/discover", timeout=5)  # this host is not let through
+
+        result = await run_flow(
+            "cleanup-stale-deployments", service_url=fresh_env.service_url + "/"
+        )
+
+    assert result == {"acknowledged": True}
+    assert stale_id in deployments(fresh_env.admin_url)  # left in place: it did not drain
+    status = query_status(fresh_env.admin_url, pinned)
+    assert status == "suspended"  # not killed
+    assert [ua for ua in policy.user_agents if ua] == ["python-httpx/" + httpx.__version__]
+    httpx.patch(f"{fresh_env.admin_url}/invocations/{pinned}/kill", timeout=10)
 
 
 async def test_cleanup_waits_for_a_reachable_stale_deployment_then_leaves_it(

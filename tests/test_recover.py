@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -19,7 +20,7 @@ from prefect.client.schemas.filters import (
 from restate_recovery.errors import RetryBlockedError
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
-from tests.support.fault_proxy import FaultProxy, running
+from tests.support.fault_proxy import Fault, FaultProxy, running
 from tests.support.local_stack import (
     PrefectServer,
     submit_workflow,
@@ -188,6 +189,40 @@ async def test_shared_handler_calls_are_not_run_invocations(
     assert rerun.status_code == 200 and rerun.json()["markerFoundAtStart"] is None
 
 
+async def test_a_run_resubmitted_right_after_the_purge_keeps_its_state(
+    prefect_server: PrefectServer, restate_env: RestateStack, settings_env: pytest.MonkeyPatch
+) -> None:
+    """The purge frees the key: a resubmission landing the moment Restate answered it (a hook in
+    a proxy, before the recovery goes on) starts a new run. Nothing writes the key's state after
+    the purge, so that run keeps what it wrote."""
+    key, invocation_id = failed_key(restate_env, "race")
+    resubmitted: list[str] = []
+
+    def resubmit() -> None:
+        new_run = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=600)
+        deadline = time.monotonic() + 30
+        while state_of(restate_env.admin_url, key) != {"attempt-marker": '"sleep"'}:
+            assert time.monotonic() < deadline, "the resubmitted run never wrote its marker"
+            time.sleep(0.05)
+        resubmitted.append(new_run)
+
+    purge = Fault(after=resubmit, times=1)
+    proxy = FaultProxy(
+        restate_env.admin_url, rules={("PATCH", f"/invocations/{invocation_id}/purge"): purge}
+    )
+    with running(proxy):
+        settings_env.setenv("RESTATE_ADMIN_URL", proxy.url)
+        get_settings.cache_clear()
+        assert await recover(key) == {"acknowledged": True}
+
+    assert resubmitted, "the purge was never made"
+    await asyncio.sleep(2)  # a state write queued behind the new run would have landed by now
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"sleep"'}
+    statuses = {r["id"]: r["status"] for r in invocations_of(restate_env.admin_url, key)}
+    assert statuses[resubmitted[0]] != "completed"  # the new run goes on
+    httpx.patch(f"{restate_env.admin_url}/invocations/{resubmitted[0]}/kill", timeout=10)
+
+
 async def test_unknown_service_is_query_failed_and_touches_nothing(
     prefect_server: PrefectServer, restate_env: RestateStack, settings_env: pytest.MonkeyPatch
 ) -> None:
@@ -234,8 +269,8 @@ async def test_dry_run_plans_and_changes_nothing(
     assert result["acknowledged"] is False and result["dryRun"] is True
     assert [(s["action"], s["target"]) for s in result["plan"]] == [
         ("kill", invocation_id),
+        ("clear-state", f"{WORKFLOW}/{key}"),  # while the killed run still holds the key
         ("purge", invocation_id),
-        ("clear-state", f"{WORKFLOW}/{key}"),
     ]
     assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [invocation_id]
     assert state_of(restate_env.admin_url, key) != {}
@@ -246,7 +281,7 @@ async def test_recovery_converges_when_run_again(
 ) -> None:
     key, _ = failed_key(restate_env, "again")
     assert await recover(key) == {"acknowledged": True}
-    assert await recover(key) == {"acknowledged": True}  # nothing left: only the state clear
+    assert await recover(key) == {"acknowledged": True}  # nothing left to do
     assert state_of(restate_env.admin_url, key) == {}
 
 

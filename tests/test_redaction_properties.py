@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 from prefect.utilities.math import clamped_poisson_interval
 
-from restate_recovery.redaction import redact_arguments, redact_url
+from restate_recovery.redaction import redact_arguments, redact_text
 
 pytestmark = pytest.mark.usefixtures("background_threads_own_random")
 
@@ -63,14 +63,14 @@ def url_parts(draw: st.DrawFn) -> tuple[str, str, str]:
 @given(url_parts())
 def test_user_information_is_replaced_and_the_rest_kept(parts: tuple[str, str, str]) -> None:
     scheme, rest, info = parts
-    assert redact_url(f"{scheme}{info}@{rest}") == f"{scheme}REDACTED@{rest}"
+    assert redact_text(f"{scheme}{info}@{rest}") == f"{scheme}REDACTED@{rest}"
 
 
 @settings(max_examples=200, deadline=None)
 @given(url_parts())
 def test_urls_without_user_information_are_unchanged(parts: tuple[str, str, str]) -> None:
     scheme, rest, _ = parts
-    assert redact_url(f"{scheme}{rest}") == f"{scheme}{rest}"
+    assert redact_text(f"{scheme}{rest}") == f"{scheme}{rest}"
 
 
 def nested(leaf: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:

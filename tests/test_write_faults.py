@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -37,6 +38,8 @@ def engine(
     *,
     query: Callable[[str], httpx.Response],
     purge: httpx.Response | None = None,
+    on_state: Callable[[], None] | None = None,
+    on_state_request: Callable[[httpx.Request], None] | None = None,
 ) -> Callable[[httpx.Request], httpx.Response]:
     """A mock admin API: services, the given query answers, kill 409 (already completed)."""
 
@@ -51,6 +54,10 @@ def engine(
         if path.endswith("/purge"):
             return purge or httpx.Response(200)
         if path.endswith("/state"):
+            if on_state is not None:
+                on_state()
+            if on_state_request is not None:
+                on_state_request(request)
             return httpx.Response(202)
         raise AssertionError(f"unexpected {request.method} {path}")
 
@@ -95,10 +102,18 @@ def test_every_status_but_completed_is_active(status: str) -> None:
 
 
 async def test_purge_rejected_is_purge_failed_and_says_what_ran() -> None:
-    def query(sql: str) -> httpx.Response:
-        return rows(FAILED_ROW) if "sys_invocation" in sql else rows({"key": "m"})
+    cleared: list[bool] = []
 
-    handler = engine(query=query, purge=httpx.Response(500, json={"message": "disk full"}))
+    def query(sql: str) -> httpx.Response:  # the state is gone once it was cleared
+        if "sys_invocation" in sql:
+            return rows(FAILED_ROW)
+        return rows() if cleared else rows({"key": "m", "value": "226d22"})
+
+    handler = engine(
+        query=query,
+        purge=httpx.Response(500, json={"message": "disk full"}),
+        on_state=lambda: cleared.append(True),
+    )
     async with client(handler) as c:
         plan = await recover.plan_recovery(c, REQUEST, timeout=1)
         with pytest.raises(RetryBlockedError) as info:
@@ -106,6 +121,18 @@ async def test_purge_rejected_is_purge_failed_and_says_what_ran() -> None:
     assert info.value.reason == "purge-failed"
     assert info.value.invocation_ids == ["inv_1a"]
     assert "killed ['inv_1a']" in info.value.message and "disk full" in info.value.message
+    assert "state cleared: yes" in info.value.message
+
+
+def test_the_state_version_is_restates() -> None:
+    """What Restate computes (checked on 1.7.12: a clear with this version is applied, one with
+    another is dropped): empty state, and one entry given as /query's hex value."""
+    assert recover.state_version([]) == "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+    one = [{"key": "attempt-marker", "value": "226661696c22"}]
+    assert recover.state_version(one) != recover.state_version([])
+    assert recover.state_version(one + [{"key": "a", "value": ""}]) == recover.state_version(
+        [{"key": "a", "value": ""}] + one
+    )  # sorted by key, whatever the order of the rows
 
 
 async def test_state_that_will_not_clear_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,3 +159,29 @@ async def test_cleanup_listing_failure_is_admin_unreachable() -> None:
                 c, CleanupStaleDeploymentsRequest(service_url="http://svc/"), timeout=1
             )
     assert info.value.http_status == 503
+
+
+async def test_state_that_changed_under_a_new_run_is_left_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No run holds the key (its runs were purged already) but state is left: it is cleared with
+    its version only; when a run started meanwhile (its state write changed the version, so the
+    clear was dropped), the recovery refuses ``active-invocation`` naming it."""
+    monkeypatch.setattr(recover, "STATE_CLEAR_DEADLINE_SECONDS", 0.3)
+    versions: list[object] = []
+
+    def query(sql: str) -> httpx.Response:
+        if "sys_invocation" in sql:  # none when planned, a new run once the clear was sent
+            return rows({"id": "inv_9z", "status": "running"}) if versions else rows()
+        return rows({"key": "m", "value": "226d22"})
+
+    def record(request: httpx.Request) -> None:
+        versions.append(json.loads(request.content).get("version"))
+
+    async with client(engine(query=query, on_state_request=record)) as c:
+        plan = await recover.plan_recovery(c, REQUEST, timeout=1)
+        with pytest.raises(RetryBlockedError) as info:
+            await recover.execute_recovery(c, plan, timeout=1)
+
+    assert versions == [recover.state_version([{"key": "m", "value": "226d22"}])]
+    assert (info.value.reason, info.value.invocation_ids) == ("active-invocation", ["inv_9z"])

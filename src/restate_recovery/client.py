@@ -213,13 +213,22 @@ class RestateAdminClient:
         return self._parse(DeploymentList, response).deployments
 
     async def register_deployment(
-        self, *, uri: str, force: bool, dry_run: bool = False, timeout: float | None = None
+        self,
+        *,
+        uri: str,
+        force: bool,
+        dry_run: bool = False,
+        use_http_11: bool = False,
+        timeout: float | None = None,
     ) -> RegisteredDeployment:
         """Register ``uri``. ``force`` is always sent: Restate treats an omitted one as false.
-        With ``dry_run`` Restate runs discovery and answers, registering nothing."""
+        With ``dry_run`` Restate runs discovery and answers, registering nothing; ``use_http_11``
+        discovers over HTTP/1.1 (an endpoint that serves no HTTP/2)."""
         body: dict[str, Any] = {"uri": uri, "force": force}
         if dry_run:
             body["dry_run"] = True
+        if use_http_11:
+            body["use_http_11"] = True
         response = await self._request("POST", Routes.deployments, json_body=body, timeout=timeout)
         return self._parse(RegisteredDeployment, response)
 
@@ -241,15 +250,17 @@ class RestateAdminClient:
         service_name: str,
         service_key: str,
         new_state: dict[str, list[int]],
+        version: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Replace a key's whole state (``{}`` clears it). Restate answers 202 even when it
-        ignores the write: read it back to know."""
+        """Replace a key's whole state (``{}`` clears it). With ``version`` (of the state it
+        replaces) Restate applies it only if the state is still that one. Restate answers 202
+        even when it ignores the write: read it back to know."""
+        body: dict[str, Any] = {"object_key": service_key, "new_state": new_state}
+        if version is not None:
+            body["version"] = version
         await self._request(
-            "POST",
-            Routes.service_state(service_name),
-            json_body={"object_key": service_key, "new_state": new_state},
-            timeout=timeout,
+            "POST", Routes.service_state(service_name), json_body=body, timeout=timeout
         )
 
     # --- SQL introspection --------------------------------------------------------------------

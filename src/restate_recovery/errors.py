@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 
 ADMIN_UNREACHABLE = "RESTATE_ADMIN_UNREACHABLE"
 DEPLOYMENT_NOT_FOUND = "RESTATE_DEPLOYMENT_NOT_FOUND"
@@ -44,7 +44,7 @@ class RestateError(RecoveryError):
     """A call to the Restate admin API (or ingress) did not succeed."""
 
     def __init__(self, message: str, method: str = "", path: str = "") -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         super().__init__(message, method, path)
         self.message = message
         self.method = method
@@ -70,7 +70,7 @@ class RestateRejected(RestateError):
         status_code: int = 0,
         restate_code: str | None = None,
     ) -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         Exception.__init__(self, message, method, path, status_code, restate_code)
         self.message = message
         self.method = method
@@ -98,7 +98,7 @@ class OperatorError(RecoveryError):
     http_status: int = 500
 
     def __init__(self, message: str) -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
 
@@ -133,7 +133,7 @@ class RetryBlockedError(OperatorError):
     def __init__(
         self, message: str, reason: BlockedReason, invocation_ids: list[str] | None = None
     ) -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         Exception.__init__(self, message, reason, invocation_ids)
         self.message = message
         self.reason: BlockedReason = reason
@@ -158,7 +158,7 @@ class InvalidRequestError(OperatorError):
     http_status = 400
 
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         Exception.__init__(self, message, errors)
         self.message = message
         self.errors = list(errors or [])
@@ -200,7 +200,7 @@ class CodedError(OperatorError):
     """An error body read back (``code`` and ``message``) whose code has no class of its own."""
 
     def __init__(self, message: str, code: str = "INTERNAL_ERROR", http_status: int = 500) -> None:
-        message = redact_url(message)
+        message = redact_text(message)
         Exception.__init__(self, message, code, http_status)
         self.message = message
         self.code = code

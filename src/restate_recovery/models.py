@@ -150,6 +150,7 @@ class Deployment(AdminModel):
     uri: str | None = None
     arn: str | None = None
     created_at: str | None = None
+    http_version: str | None = None  # "HTTP/1.1" for a deployment registered with use_http_11
     services: list[ServiceRevision] = Field(default_factory=list)
 
     @property

@@ -30,7 +30,7 @@ from pydantic import (
 
 from restate_recovery.errors import InvalidRequestError
 from restate_recovery.models import ApiModel
-from restate_recovery.redaction import REDACTED, redact_url
+from restate_recovery.redaction import REDACTED, redact_text
 from restate_recovery.sql import NAME_PATTERN
 
 
@@ -50,13 +50,13 @@ def absolute_http_url(value: str) -> str:
 def unseal(url: str) -> str:
     """The URL with its credentials: as given, or, when it arrives redacted, the configured
     ``RESTATE_SERVICE_URL`` whose redacted form it is."""
-    if f"{REDACTED}@" not in url:
+    if REDACTED not in url:
         return url
     from restate_recovery.settings import get_settings
 
     configured = get_settings().restate_service_url
     for form in (configured, f"{configured}/") if configured else ():
-        if redact_url(form) == url:  # as configured, or as Restate stores it (trailing slash)
+        if redact_text(form) == url:  # as configured, or as Restate stores it (trailing slash)
             return form
     raise ValueError(
         "its credentials are not available here: give the URL with its credentials, or set "
@@ -91,15 +91,15 @@ class ServiceUrlRequest(RequestModel):
 
     @field_serializer("service_url")
     def _sealed(self, value: str) -> str:
-        return redact_url(value)
+        return redact_text(value)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "service_url" else value
+            yield name, redact_text(value) if name == "service_url" else value
 
     @property
     def target(self) -> str:
-        return redact_url(self.service_url)
+        return redact_text(self.service_url)
 
 
 class ForceRedeployRequest(ServiceUrlRequest):

@@ -2,8 +2,9 @@
 
 Requests pass through to Restate unless a rule for ``(method, path prefix)`` says otherwise:
 delay, an error status (with or without a body), a malformed or Arrow body, an empty 200, a body
-cut mid-way (the connection closes before Content-Length is reached), or a hook that runs first
-(e.g. to kill restate-server in the middle of a runbook).
+cut mid-way (the connection closes before Content-Length is reached), a hook that runs first
+(e.g. to kill restate-server in the middle of a runbook), or one that runs once Restate answered
+and before the answer goes back (e.g. a resubmission landing between two steps).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class Fault:
     body: bytes = b""
     content_type: str = "application/json"
     cut_body: bool = False
-    hook: Callable[[], None] | None = None
+    hook: Callable[[], None] | None = None  # runs before the request goes on
+    after: Callable[[], None] | None = (
+        None  # runs once upstream answered, before the answer goes back
+    )
     times: int | None = None  # None: every matching request
 
 
@@ -46,6 +50,9 @@ class FaultProxy:
     required_headers: dict[str, str] = field(default_factory=dict)
     # (monotonic time, "in" when a request arrives | "out" once its answer is sent, "METHOD path")
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
+    # A network policy: a request whose headers it refuses has its connection dropped unanswered.
+    admit: Callable[[dict[str, str]], bool] | None = None
+    user_agents: list[str] = field(default_factory=list)  # of every request, admitted or not
 
     @property
     def url(self) -> str:
@@ -81,6 +88,10 @@ class FaultProxy:
     async def _handle(self, scope: Scope, body: bytes, send: Any, method: str, path: str) -> None:
         self.peers.append((path, scope["client"][1]))
         sent = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        self.user_agents.append(sent.get("user-agent", ""))
+        if self.admit is not None and not self.admit(sent):
+            await self._respond(send, Fault(cut_body=True))  # the connection breaks unanswered
+            return
         if any(sent.get(k.lower()) != v for k, v in self.required_headers.items()):
             await self._respond(send, Fault(status=401, body=b'{"detail": "unauthorized"}'))
             return
@@ -106,6 +117,8 @@ class FaultProxy:
         except httpx.TransportError:
             await self._respond(send, Fault(cut_body=True))  # upstream gone: cut the answer
             return
+        if fault is not None and fault.after is not None:
+            await asyncio.to_thread(fault.after)
         await send(
             {
                 "type": "http.response.start",

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from restate_recovery.paths import route
+from restate_recovery.redaction import redact_text
 
 DEFAULT_TIMEOUT_SECONDS = 600.0  # a write may wait for the per-target lock, then drain
 API_UNREACHABLE = "OPERATOR_API_UNREACHABLE"
@@ -82,8 +83,10 @@ class OperatorApiClient:
                 ok=False,
                 body={
                     "code": API_UNREACHABLE,
-                    "message": f"the operator API at {redacted(self.base_url)} did not answer: "
-                    f"{type(exc).__name__}: {exc}",
+                    "message": redact_text(
+                        f"the operator API at {self.base_url} did not answer: "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
                     "requestId": request_id,
                 },
                 request_id=request_id,
@@ -108,13 +111,3 @@ class OperatorApiClient:
                 request_id=request_id,
             )
         return Answer(ok=ok, body=parsed, request_id=request_id)
-
-
-def redacted(url: str) -> str:
-    """The URL without its user information (for messages)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"REDACTED@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from restate_recovery.models import DoctorReadout
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 
 UNHEALTHY = "restate.doctor.component.unhealthy"
 TERMINAL_FAILED = "restate.doctor.workflow.terminal-failed"
@@ -53,7 +53,7 @@ def _runs(runbook: str, request: dict[str, Any]) -> tuple[dict[str, str], dict[s
 
 def _registered_form(url: str) -> str:
     """How Restate stores a URL (with a trailing ``/``), redacted for comparison and storage."""
-    return redact_url(url if url.endswith("/") else url + "/")
+    return redact_text(url if url.endswith("/") else url + "/")
 
 
 def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Finding]:
@@ -70,7 +70,7 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
                     },
                     payload={
                         "status": part.status,
-                        "error": redact_url(getattr(part, "error", None) or ""),
+                        "error": redact_text(getattr(part, "error", None) or ""),
                     },
                 )
             )
@@ -97,7 +97,7 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
                     "serviceKey": key[1],
                     "invocationId": failure.id,
                     "failedAt": failure.failed_at,
-                    "errorMessage": redact_url(failure.error_message or ""),
+                    "errorMessage": redact_text(failure.error_message or ""),
                     **runs,
                 },
             )
@@ -105,7 +105,7 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
     registered = [_registered_form(d.service_url) for d in readout.deployments.items]
     wanted = _registered_form(service_url) if service_url else None
     if readout.deployments.status == "ok" and service_url and wanted not in registered:
-        url = redact_url(service_url)
+        url = redact_text(service_url)
         label, runs = _runs("force-redeploy", {"serviceUrl": url, "force": True})
         findings.append(
             Finding(

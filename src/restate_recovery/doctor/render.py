@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from restate_recovery.models import DoctorReadout
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 
 ARTIFACT_KEY = "restate-doctor"
 ARTIFACT_DESCRIPTION = "Restate doctor readout"
@@ -67,4 +67,4 @@ def readout_markdown(readout: DoctorReadout) -> str:
             f"| {cell(f.failed_at)} | {cell(f.error_message)} |"
             for f in readout.invocations.recent_failures
         ]
-    return redact_url("\n".join(lines) + "\n")  # it is stored by Prefect: no credentials
+    return redact_text("\n".join(lines) + "\n")  # it is stored by Prefect: no credentials

@@ -5,9 +5,16 @@ deployment is *draining* while non-completed invocations are pinned to it. Per s
 
 - nothing pinned -> delete (``DELETE ?force=true``; an already-gone 404 counts as done);
 - pinned work, ``forceDrain`` -> kill the pinned invocations, then delete;
-- pinned work, service unreachable -> its work cannot drain: kill, then delete (the spec's wording);
-- pinned work, service reachable -> wait up to the drain timeout; delete once drained, else leave it
-  and report it;
+- pinned work, and Restate cannot reach the service -> its work cannot drain: kill, then delete
+  (the spec's wording);
+- pinned work otherwise -> wait up to the drain timeout; delete once drained, else leave it and
+  report it.
+
+Whether Restate reaches a stale deployment is asked of Restate, never found out from this tool's
+own network position (a network policy may let only Restate reach the service): Restate runs a
+discovery of the deployment's URL (a ``dry_run`` registration: nothing is registered), and only a
+connection failure of that discovery counts as unreachable; any HTTP answer (even a refusal) and a
+Lambda deployment count as reachable.
 - the only deployment serving the latest revision of a service the kept one does not serve ->
   left alone unless ``forceDrain``.
 
@@ -22,8 +29,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import httpx
-
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import (
     AdminUnreachableError,
@@ -33,7 +38,7 @@ from restate_recovery.errors import (
     RestateUnreachable,
 )
 from restate_recovery.models import ApiModel, Deployment, DoctorReadout, ServiceInfo
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 from restate_recovery.schemas import (
     Acknowledged,
     CleanupStaleDeploymentsRequest,
@@ -54,6 +59,8 @@ class StaleDeployment:
     service_url: str  # as registered (may carry credentials: redact before showing it)
     pinned: list[str]
     sole_latest_for: list[str]  # services only this deployment serves at their latest revision
+    pinned_statuses: dict[str, str] = field(default_factory=dict)  # invocation id -> status
+    http_11: bool = False  # registered over HTTP/1.1: Restate discovers it that way too
 
     @property
     def protected(self) -> bool:
@@ -69,7 +76,7 @@ class CleanupPlan:
     def steps(self) -> list[PlannedStep]:
         steps = [
             PlannedStep(
-                action="keep", target=self.keep.id, detail=redact_url(self.keep.service_url)
+                action="keep", target=self.keep.id, detail=redact_text(self.keep.service_url)
             )
         ]
         for d in self.stale:
@@ -83,7 +90,7 @@ class CleanupPlan:
                 )
                 continue
             if d.pinned:
-                how = "kill" if self.force_drain else "drain (kill if its service is unreachable)"
+                how = "kill" if self.force_drain else "drain (kill if Restate cannot reach it)"
                 steps.append(
                     PlannedStep(
                         action=how,
@@ -92,7 +99,7 @@ class CleanupPlan:
                     )
                 )
             steps.append(
-                PlannedStep(action="delete", target=d.id, detail=redact_url(d.service_url))
+                PlannedStep(action="delete", target=d.id, detail=redact_text(d.service_url))
             )
         return steps
 
@@ -107,7 +114,7 @@ class CleanupReport:
 def pinned_sql(deployment_ids: list[str]) -> str:
     ids = ", ".join(literal(i) for i in deployment_ids)
     return (
-        "SELECT id, pinned_deployment_id FROM sys_invocation "
+        "SELECT id, pinned_deployment_id, status FROM sys_invocation "
         f"WHERE status <> 'completed' AND pinned_deployment_id IN ({ids})"
     )
 
@@ -131,21 +138,26 @@ def build_plan(
     """Pure: which deployment to keep, and what to do with every other one."""
     matches = [d for d in deployments if d.service_url == request.service_url]
     if not matches:
-        registered = ", ".join(redact_url(d.service_url) for d in deployments) or "none"
+        registered = ", ".join(redact_text(d.service_url) for d in deployments) or "none"
         raise DeploymentNotFoundError(
-            f"No registered deployment has serviceUrl {redact_url(request.service_url)!r} "
+            f"No registered deployment has serviceUrl {redact_text(request.service_url)!r} "
             f"(exact match); registered: {registered}"
         )
     keep = matches[0]
     pinned: dict[str, list[str]] = defaultdict(list)
+    statuses: dict[str, dict[str, str]] = defaultdict(dict)
     for row in pinned_rows:
-        pinned[str(row.get("pinned_deployment_id"))].append(str(row.get("id")))
+        deployment_id, invocation_id = str(row.get("pinned_deployment_id")), str(row.get("id"))
+        pinned[deployment_id].append(invocation_id)
+        statuses[deployment_id][invocation_id] = str(row.get("status"))
     stale = [
         StaleDeployment(
             id=d.id,
             service_url=d.service_url,
             pinned=sorted(pinned.get(d.id, [])),
             sole_latest_for=sole_latest_services(d, keep, services),
+            pinned_statuses=dict(statuses.get(d.id, {})),
+            http_11=d.http_version == "HTTP/1.1",
         )
         for d in deployments
         if d.id != keep.id
@@ -171,15 +183,40 @@ async def plan_cleanup(
     return build_plan(deployments=deployments, services=services, pinned_rows=rows, request=request)
 
 
-async def service_reachable(url: str, *, timeout: float) -> bool:
-    """Whether anything answers HTTP at the deployment's URL (any status counts as reachable)."""
-    if not url.startswith(("http://", "https://")):
-        return True  # e.g. a Lambda ARN: Restate reaches it, we cannot tell
+# What Restate says when its discovery could not open a connection to the service at all.
+CONNECTION_FAILURES = (
+    "connection refused",
+    "connection error",
+    "connection reset",
+    "dns error",
+    "failed to lookup",
+    "no route to host",
+    "network is unreachable",
+    "timed out",
+    "timeout",
+)
+
+
+async def restate_reaches(
+    client: RestateAdminClient, stale: StaleDeployment, *, timeout: float
+) -> bool:
+    """Whether Restate itself reaches the stale deployment: a discovery it runs (``dry_run``, nothing
+    is registered) that fails to connect is the only "no"."""
+    if not stale.service_url.startswith(("http://", "https://")):
+        return True  # a Lambda ARN: Restate reaches it its own way
     try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            await http.get(url.rstrip("/") + "/health")
-    except httpx.TransportError:
-        return False
+        await client.register_deployment(
+            uri=stale.service_url,
+            force=True,
+            dry_run=True,
+            use_http_11=stale.http_11,
+            timeout=timeout,
+        )
+    except RestateRejected as exc:
+        reason = exc.message.lower()
+        return not (
+            exc.restate_code == "META0003" and any(f in reason for f in CONNECTION_FAILURES)
+        )
     return True
 
 
@@ -231,7 +268,7 @@ async def _clean_one(
         return
     pinned = stale.pinned
     if pinned and not plan.force_drain:
-        if await service_reachable(stale.service_url, timeout=timeout):
+        if await restate_reaches(client, stale, timeout=timeout):
             pinned = await _wait_for_drain(client, stale.id, drain_timeout, timeout)
             if pinned:
                 report.failures[stale.id] = (
@@ -295,7 +332,7 @@ def verify(request: CleanupStaleDeploymentsRequest, result: ApiModel, after: Doc
         return f"deployments are {after.deployments.status}: {after.deployments.error}"
     kept = [d.id for d in after.deployments.items if d.service_url == request.service_url]
     others = [
-        f"{d.id} ({redact_url(d.service_url)})"
+        f"{d.id} ({redact_text(d.service_url)})"
         for d in after.deployments.items
         if d.service_url != request.service_url
     ]

@@ -11,7 +11,7 @@ from typing import Any
 from restate_recovery.doctor.render import readout_markdown, unhealthy_components
 from restate_recovery.errors import OperatorError, error_body
 from restate_recovery.models import DoctorReadout
-from restate_recovery.redaction import redact, redact_url
+from restate_recovery.redaction import redact, redact_text
 from restate_recovery.schemas import PlannedStep
 
 
@@ -68,4 +68,4 @@ class IncidentRecord:
                 lines += ["", f"## {title}: " + ("all ok" if not not_ok else ", ".join(not_ok))]
                 body = readout_markdown(readout).split("\n", 2)[2]  # drop its own title
                 lines += ["", body]
-        return redact_url("\n".join(lines) + "\n")  # stored by Prefect: never a credential
+        return redact_text("\n".join(lines) + "\n")  # stored by Prefect: never a credential

@@ -3,15 +3,27 @@
 Decision (pure, ``classify_run_invocations``): among the key's *run* invocations (the handler of
 type ``Workflow``), anything not ``completed`` is active -> refuse ``active-invocation``; a
 successful completion -> refuse ``already-succeeded``; otherwise every terminal failure (killed
-and cancelled included: Restate 1.7 shows them as completed with a ``[409]`` failure) is killed
-(an "already completed" 409 is fine) and purged (an "already purged" 404 is fine), then the key's
-state is cleared and read back until it is empty. A key with no run invocation left only has its
-state cleared, so re-running after a partial failure converges.
+and cancelled included: Restate 1.7 shows them as completed with a ``[409]`` failure) is made
+blank, in an order no resubmission can race:
+
+1. kill each run (an "already completed" 409 is fine);
+2. clear the key's state while the completed run still holds the key (a resubmission meanwhile is
+   "previously accepted": nothing runs). The clear carries the version of the state it read, so
+   Restate drops it if anything changed the state since; it is read back until empty;
+3. purge each run (an "already purged" 404 is fine). Purging a workflow run frees the key and
+   deletes its state and promises; nothing writes state after it, so a run submitted from then on
+   starts blank and keeps what it writes.
+
+A key whose runs are gone already has nothing left to do; leftover state with no run is cleared
+with its version only, and a run that appeared meanwhile is reported (``active-invocation``), its
+state untouched. Re-running after a partial failure converges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,15 +61,16 @@ class RecoveryPlan:
 
     def steps(self) -> list[PlannedStep]:
         steps = [PlannedStep(action="kill", target=i) for i in self.terminal_failed]
-        steps += [PlannedStep(action="purge", target=i) for i in self.terminal_failed]
-        steps.append(
-            PlannedStep(
-                action="clear-state",
-                target=f"{self.service_name}/{self.service_key}",
-                detail=f"{len(self.state_keys)} state entries now"
-                + (f": {', '.join(self.state_keys)}" if self.state_keys else ""),
+        if self.terminal_failed or self.state_keys:
+            steps.append(
+                PlannedStep(
+                    action="clear-state",
+                    target=f"{self.service_name}/{self.service_key}",
+                    detail=f"{len(self.state_keys)} state entries now"
+                    + (f": {', '.join(self.state_keys)}" if self.state_keys else ""),
+                )
             )
-        )
+        steps += [PlannedStep(action="purge", target=i) for i in self.terminal_failed]
         return steps
 
 
@@ -86,7 +99,7 @@ def run_invocations_sql(service_name: str, service_key: str, handler: str) -> st
 
 def state_keys_sql(service_name: str, service_key: str) -> str:
     return (
-        "SELECT key FROM state "
+        "SELECT key, value FROM state "
         f"WHERE service_name = {name_literal(service_name)} "
         f"AND service_key = {name_literal(service_key)}"
     )
@@ -172,10 +185,21 @@ async def plan_recovery(
     )
 
 
+def state_version(rows: list[dict[str, Any]]) -> str:
+    """Restate's version of a key's state (what a state write must carry to be applied): base64url
+    of SHA-256 over the entries sorted by key, each ``index (8 bytes big-endian) 0x01 key 0x02 value
+    0x03``. ``/query`` gives each value as hex."""
+    digest = hashlib.sha256()
+    entries = sorted((str(r["key"]), bytes.fromhex(str(r.get("value") or ""))) for r in rows)
+    for index, (key, value) in enumerate(entries):
+        digest.update(index.to_bytes(8, "big") + b"\x01" + key.encode() + b"\x02" + value + b"\x03")
+    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+
+
 async def execute_recovery(
     client: RestateAdminClient, plan: RecoveryPlan, *, timeout: float
 ) -> RecoveryReport:
-    """Kill and purge the terminal-failed runs, clear the key's state, and read it back."""
+    """Kill the terminal-failed runs, clear the key's state (versioned, read back), purge them."""
     report = RecoveryReport()
     target = f"{plan.service_name}/{plan.service_key}"
 
@@ -195,6 +219,21 @@ async def execute_recovery(
                 if exc.status_code not in (404, 409):  # already completed / already gone
                     raise blocked(f"kill of {invocation_id}", exc, [invocation_id]) from exc
             report.killed.append(invocation_id)
+        if plan.terminal_failed or plan.state_keys:
+            try:
+                remaining = await _clear_state(client, plan, timeout=timeout)
+            except RestateRejected as exc:
+                raise blocked("clearing the state", exc, plan.terminal_failed) from exc
+            if remaining:
+                await _refuse_if_a_run_started(client, plan, timeout=timeout)
+                raise RetryBlockedError(
+                    f"Workflow recovery of {target} stopped: the state still has {remaining} "
+                    f"after clearing it (it changed meanwhile, and was left as it is); done "
+                    f"before: {report.done()}",
+                    "purge-failed",
+                    plan.terminal_failed,
+                )
+            report.state_cleared = True
         for invocation_id in plan.terminal_failed:
             try:
                 await client.purge_invocation(invocation_id, timeout=timeout)
@@ -202,40 +241,49 @@ async def execute_recovery(
                 if exc.status_code != 404:  # already purged
                     raise blocked(f"purge of {invocation_id}", exc, [invocation_id]) from exc
             report.purged.append(invocation_id)
-        try:
-            await client.set_state(
-                service_name=plan.service_name,
-                service_key=plan.service_key,
-                new_state={},
-                timeout=timeout,
-            )
-            remaining = await _wait_for_blank_state(client, plan, timeout=timeout)
-        except RestateRejected as exc:
-            raise blocked("clearing the state", exc, plan.terminal_failed) from exc
-        if remaining:
-            raise RetryBlockedError(
-                f"Workflow recovery of {target} stopped: the state still has {remaining} after "
-                f"clearing it; done before: {report.done()}",
-                "purge-failed",
-                plan.terminal_failed,
-            )
-        report.state_cleared = True
     except RestateUnreachable as exc:
         raise _unreachable(exc, f"recovering {target} ({report.done()})") from exc
     return report
 
 
-async def _wait_for_blank_state(
+async def _clear_state(
     client: RestateAdminClient, plan: RecoveryPlan, *, timeout: float
 ) -> list[str]:
-    """Restate answers 202 to a state write even when it ignores it: read back until empty."""
+    """Clear the state as it is now (the write carries its version, so Restate drops it if the
+    state changed since), then read it back until empty (Restate answers 202 either way)."""
     sql = state_keys_sql(plan.service_name, plan.service_key)
+    rows = await client.query(sql, timeout=timeout)
+    if rows:
+        await client.set_state(
+            service_name=plan.service_name,
+            service_key=plan.service_key,
+            new_state={},
+            version=state_version(rows),
+            timeout=timeout,
+        )
     deadline = time.monotonic() + STATE_CLEAR_DEADLINE_SECONDS
     while True:
         keys = sorted(str(r.get("key")) for r in await client.query(sql, timeout=timeout))
         if not keys or time.monotonic() > deadline:
             return keys
         await asyncio.sleep(0.1)
+
+
+async def _refuse_if_a_run_started(
+    client: RestateAdminClient, plan: RecoveryPlan, *, timeout: float
+) -> None:
+    """State that would not clear: a run submitted meanwhile (possible only once no run held the
+    key) refuses as ``active-invocation``, its state untouched."""
+    sql = run_invocations_sql(plan.service_name, plan.service_key, plan.handler)
+    rows = await client.query(sql, timeout=timeout)
+    new = [str(r["id"]) for r in rows if r.get("status") != "completed" and "id" in r]
+    if new:
+        raise RetryBlockedError(
+            f"Workflow recovery of {plan.service_name}/{plan.service_key} stopped: a new run "
+            "started while it cleared the state; that run and its state were left as they are",
+            "active-invocation",
+            new,
+        )
 
 
 async def write(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import AdminUnreachableError, RestateRejected, RestateUnreachable
 from restate_recovery.models import ApiModel, DoctorReadout
-from restate_recovery.redaction import redact_url
+from restate_recovery.redaction import redact_text
 from restate_recovery.schemas import (
     DryRunResult,
     ForceRedeployRequest,
@@ -24,11 +24,11 @@ from restate_recovery.settings import Settings
 def _refused(exc: RestateRejected, url: str) -> AdminUnreachableError:
     if exc.restate_code == "META0003":
         return AdminUnreachableError(
-            f"Restate could not reach the service at {redact_url(url)} to discover it "
+            f"Restate could not reach the service at {redact_text(url)} to discover it "
             f"(META0003); the registration was not made: {exc.message}"
         )
     return AdminUnreachableError(
-        f"Restate refused the registration of {redact_url(url)} "
+        f"Restate refused the registration of {redact_text(url)} "
         f"({exc.status_code} {exc.restate_code or ''}): {exc.message}".replace("  ", " ")
     )
 
