@@ -78,11 +78,14 @@ def operator_key(api: OperatorApi) -> str:
 
 
 def post(
-    api: OperatorApi, route: str, body: Any, key: str | None, **headers: str
+    api: OperatorApi, route: str, body: Any, key: str | None, **headers: str | bytes
 ) -> httpx.Response:
-    sent = {"Content-Type": "application/json", **headers}
+    sent = {
+        k.encode(): v if isinstance(v, bytes) else v.encode()
+        for k, v in {"Content-Type": "application/json", **headers}.items()
+    }
     if key is not None:
-        sent["X-Api-Key"] = key
+        sent[b"X-Api-Key"] = key.encode()
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(f"{api.url}{PREFIX}/{route}", content=content, headers=sent, timeout=120)
 
@@ -359,6 +362,53 @@ def test_a_credentialed_service_url_reaches_restate_but_no_file_we_wrote(
         "serviceUrl": service.url.replace("http://", "http://REDACTED@"),
         "force": True,
     }
+
+
+def test_no_credential_in_any_form_reaches_a_file_we_wrote(
+    api: OperatorApi, operator_key: str, prefect_server: PrefectServer
+) -> None:
+    """Credentials in the forms a client library accepts (spaces and non-ASCII in the user
+    information, a secret query parameter) and in free text (a URL and a password=... pair in
+    the operator's reason): in no answer, and in no file the API or Prefect wrote."""
+    secret = {name: uuid.uuid4().hex for name in ("userinfo", "token", "reason_url", "pair")}
+    odd_url = f"http://op er:pw \u00fc{secret['userinfo']}@127.0.0.1:1/v1?token={secret['token']}"
+    reason: bytes = (
+        f"INC-9: per http://bob:{secret['reason_url']}@wiki.example/x, "
+        f"password={secret['pair']} rotated"
+    ).encode()
+    odd: dict[str, str | bytes] = {"X-Operator-Reason": reason}
+    answers = [
+        post(
+            api,
+            "force-redeploy",
+            {"serviceUrl": odd_url},
+            operator_key,
+            **{**odd, "X-Request-Id": "odd-1"},
+        ),
+        post(
+            api,
+            "doctor",
+            {},
+            operator_key,
+            **{**odd, "X-Request-Id": "odd-2"},
+        ),
+        post(api, "cleanup-stale-deployments", {"serviceUrl": odd_url}, operator_key),
+    ]
+    finished_row_for(api, "odd-2")
+    row = row_for(api, "odd-1")
+
+    assert [a.status_code for a in answers] == [503, 200, 404], [a.text for a in answers]
+    assert row["reason"] == ("INC-9: per http://REDACTED@wiki.example/x, password=REDACTED rotated")
+    assert row["arguments"]["serviceUrl"] == "http://REDACTED@127.0.0.1:1/v1?token=REDACTED"
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    written = [SESSION_DIR / "api", prefect_server.home, SESSION_DIR / "prefect-client"]
+    files = [p for root in written for p in root.rglob("*") if p.is_file()]
+    for name, value in secret.items():
+        assert all(value not in a.text for a in answers), name
+        leaks = [str(p) for p in files if value.encode() in p.read_bytes()]
+        assert leaks == [], (name, leaks)
 
 
 def test_audit_list_cli_prints_newest_first_in_camel_case(

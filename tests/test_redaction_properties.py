@@ -102,6 +102,95 @@ def test_arguments_without_urls_or_secret_keys_survive_unchanged(value: Any) -> 
     assert redact_arguments(value) == value
 
 
+# Odd forms httpx (and so our admin client) accepts in the user information: spaces, non-ASCII,
+# a raw "@", any case of scheme; and the forms a URL takes inside other text.
+ODD_USERINFO_CHARS = USERINFO_CHARS + " \u00fc\u00e9\u4e2d\u0436"
+MARK = "SECRETMARK"
+odd_userinfo = st.builds(
+    lambda a, b: f"{a}{MARK}{b}",
+    st.text(ODD_USERINFO_CHARS, max_size=10),
+    st.text(ODD_USERINFO_CHARS, max_size=10),
+)
+odd_schemes = st.sampled_from(["http", "https", "HTTP", "Https", "postgresql+psycopg", "redis"])
+SECRET_PARAMS = [
+    "token", "access_token", "password", "passwd", "pwd", "secret", "client_secret", "key",
+    "api_key", "apikey", "X-Amz-Signature", "sig", "signature", "auth", "session", "jwt",
+]  # fmt: skip
+surroundings = st.sampled_from(
+    ["{}", "see {} now", "({})", "<{}>", '"{}"', "'{}',", "url={} next", "[{}]", "error: {}."]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(odd_schemes, odd_userinfo, hosts, paths, surroundings)
+def test_no_odd_user_information_survives_in_any_text(
+    scheme: str, info: str, host: str, path: str, around: str
+) -> None:
+    text = around.format(f"{scheme}://{info}@{host}{path}")
+    redacted = redact_text(text)
+    assert MARK not in redacted
+    assert f"{scheme}://REDACTED@{host}" in redacted
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(SECRET_PARAMS),
+    st.sampled_from(["?", "&", "#", "?a=1&", "#x&"]),
+    st.text(string.ascii_letters + string.digits + "-._~%+/", min_size=1, max_size=20),
+    surroundings,
+)
+def test_secret_query_and_fragment_values_never_survive(
+    name: str, separator: str, value: str, around: str
+) -> None:
+    url = f"https://svc.example/v1{separator}{name}={MARK}{value}&page=2"
+    redacted = redact_text(around.format(url))
+    assert MARK not in redacted
+    assert f"{name}=REDACTED" in redacted and "page=2" in redacted
+
+
+@settings(max_examples=200, deadline=None)
+@given(odd_userinfo.filter(lambda s: "%" not in s), hosts)
+def test_a_credentialed_url_percent_encoded_inside_another_keeps_nothing(
+    info: str, host: str
+) -> None:
+    from urllib.parse import quote
+
+    inner = f"http://{info}@{host}/x"
+    text = f"https://idp.example/login?next={quote(inner, safe='')}&a=1"
+    assert quote(MARK) not in redact_text(text) and MARK not in redact_text(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["password", "token", "api_key", "client_secret", "Authorization"]),
+    st.sampled_from(["=", ": ", " = ", '": "']),
+    st.text(string.ascii_letters + string.digits + "+/=_-.", min_size=1, max_size=24),
+)
+def test_secret_pairs_in_free_text_lose_their_value(name: str, sep: str, value: str) -> None:
+    quote = '"' if sep == '": "' else ""
+    text = f"because {quote}{name}{sep}{MARK}{value}{quote} was rotated"
+    assert MARK not in redact_text(text)
+
+
+SAFE_NAMES = ["page", "limit", "q", "mode", "v", "filter", "region"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    url_parts(),
+    st.lists(
+        st.tuples(st.sampled_from(SAFE_NAMES), st.text(string.ascii_letters, max_size=8)),
+        max_size=3,
+    ),
+)
+def test_urls_without_credentials_are_kept_to_the_letter(
+    parts: tuple[str, str, str], params: list[tuple[str, str]]
+) -> None:
+    scheme, rest, _ = parts
+    rest = rest.split("?")[0].split("#")[0] + ("?" + "&".join(f"{k}={v}" for k, v in params))
+    assert redact_text(f"{scheme}{rest}") == f"{scheme}{rest}"
+
+
 def test_background_threads_drawing_from_random_leave_hypothesis_alone() -> None:
     """The fixture's proof: a thread drawing as fast as it can through websockets' and Prefect's
     ``random`` (a ping, a retry jitter) while Hypothesis draws. Hypothesis reads any change to

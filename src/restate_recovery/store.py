@@ -5,7 +5,7 @@ Alembic migrations in ``restate_recovery/migrations`` (``migrate``).
 
 The audit table is append-only: a row is inserted when an attempt starts and finished exactly
 once (``finish_attempt`` only touches a row whose ``finished_at`` is still empty); nothing
-deletes or rewrites it. Arguments and errors are redacted before they are stored.
+deletes or rewrites it. Arguments, the reason and errors are redacted before they are stored.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, select
 
-from restate_recovery.redaction import redact_arguments
+from restate_recovery.redaction import redact_arguments, redact_text
 from restate_recovery.settings import get_settings
 
 Outcome = Literal["success", "failure"]
@@ -96,6 +96,7 @@ def record_attempt(
     """Insert the row of an attempt that is starting; returns its id (committed at once)."""
     data = attempt.model_dump()
     data["arguments"] = redact_arguments(data["arguments"])
+    data["reason"] = redact_text(data["reason"]) if data["reason"] else data["reason"]
     data["started_at"] = started_at or utcnow()
     # One prebuilt Core statement, parameters apart: building an ORM insert per call cost
     # about 2 ms of CPU on the doctor's answer path (it runs while the doctor probes).
