@@ -5,7 +5,8 @@ incident record (published as a markdown artifact whatever happens), takes the p
 for real writes, and re-raises refusals so that the run ends Failed with the error code in its
 message. A run started from a Prefect deployment (UI, schedule, automation) is audited here, one
 row per run whatever its end (refused at the guard or the approval included); runs the operator
-API or the CLI's local mode start are audited by them (``restate_recovery.execution``).
+API or the CLI's local mode start are audited by them (``restate_recovery.execution``). The lock is
+taken only around the write itself, never across an approval's pause.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import deployment, flow_run
 
+from restate_recovery import leases
 from restate_recovery.audit import Attempt, AuditedAttempt, arguments_of
 from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
-from restate_recovery.errors import RecoveryInProgressError
+from restate_recovery.execution import CURRENT_RUN
 from restate_recovery.models import ApiModel, DoctorReadout
 from restate_recovery.redaction import redact_text
 from restate_recovery.runbooks import Runbook
@@ -33,8 +33,6 @@ from restate_recovery.runbooks.incident import IncidentRecord
 from restate_recovery.schemas import RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
 from tasks.approval import await_approval, refuse_unless_approved
-
-LOCK_PREFIX = "restate-recovery"
 
 RequestT = TypeVar("RequestT", bound=RequestModel)
 WriteTask = Callable[[Endpoints, RequestT, bool], Awaitable[WriteOutcome]]
@@ -51,31 +49,21 @@ async def verify_doctor(endpoints: Endpoints) -> DoctorReadout:
     return await run_doctor(endpoints)
 
 
-async def ensure_lock(name: str) -> None:
-    """Create the limit behind a lock if it is missing. Prefect's upsert reads, then creates: two
-    runs doing it at once make the second one's create fail with 409 (found by the load run),
-    which means the limit exists now."""
-    async with get_client() as client:
-        try:
-            await client.upsert_global_concurrency_limit_by_name(name=name, limit=1)
-        except ObjectAlreadyExists:
-            pass
-
-
 @asynccontextmanager
-async def target_lock(target: str) -> AsyncIterator[None]:
-    """One write per target, across processes sharing the Prefect server (a global concurrency
-    limit of 1 named after the target; created on first use)."""
-    name = f"{LOCK_PREFIX}:{target}"
-    timeout = get_settings().recovery_lock_timeout_seconds
-    await ensure_lock(name)
-    try:
-        async with concurrency(name, occupy=1, timeout_seconds=timeout, strict=True):
-            yield
-    except TimeoutError as exc:
-        raise RecoveryInProgressError(
-            f"Another run is still writing to {target} after {timeout:g} s: run doctor, then retry"
-        ) from exc
+async def target_lock(target: str, trail: AuditedAttempt | None) -> AsyncIterator[None]:
+    """One write per target, across every process sharing the audit database (a lock with a
+    short lease: a holder that dies frees it within seconds)."""
+    run = CURRENT_RUN.get()
+    attempt_id = run.attempt_id if run is not None else None
+    if attempt_id is None and trail is not None:
+        attempt_id = await trail.start()
+    async with leases.lock(
+        target,
+        timeout=get_settings().recovery_lock_timeout_seconds,
+        attempt_id=attempt_id,
+        flow_run_id=str(flow_run.id),
+    ):
+        yield
 
 
 async def run_write_runbook(
@@ -110,7 +98,7 @@ async def run_write_runbook(
         if dry_run:
             outcome = await write(endpoints, request, True)
         else:
-            async with target_lock(runbook.lock_target(request)):
+            async with target_lock(runbook.lock_target(request), trail):
                 wrote = True
                 outcome = await write(endpoints, request, False)
         record.plan, record.details = outcome.plan, outcome.details

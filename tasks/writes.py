@@ -1,16 +1,22 @@
 """The one write of each runbook, as a Prefect task. No retries: a write never retries blindly.
 
 Each task opens its own admin client (write timeout) and hands the request, as the flow got it,
-to the package's write function; in a dry run that only plans.
+to the package's write function; in a dry run that only plans. What the write did is noted for a
+caller in this process before Prefect is told (``execution.note_write``): if Prefect goes away
+now, the caller still knows the write was made.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.doctor.probes import Endpoints
+from restate_recovery.errors import OperatorError
+from restate_recovery.execution import note_write
 from restate_recovery.runbooks import cleanup, recover, redeploy
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
@@ -29,7 +35,13 @@ def _timeout() -> float:
     return get_settings().recovery_write_timeout_seconds
 
 
-def _logged(what: str, outcome: WriteOutcome) -> WriteOutcome:
+async def _noted(what: str, write: Awaitable[WriteOutcome]) -> WriteOutcome:
+    try:
+        outcome = await write
+    except OperatorError as exc:
+        note_write(error=exc)
+        raise
+    note_write(outcome)
     logger = get_run_logger()
     for line in outcome.details or [f"planned {len(outcome.plan)} steps"]:
         logger.info("%s: %s", what, line)
@@ -41,8 +53,10 @@ async def register_deployment(
     endpoints: Endpoints, request: ForceRedeployRequest, dry_run: bool
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
-        outcome = await redeploy.write(client, request, timeout=_timeout(), dry_run=dry_run)
-    return _logged(f"register {request.target}", outcome)
+        return await _noted(
+            f"register {request.target}",
+            redeploy.write(client, request, timeout=_timeout(), dry_run=dry_run),
+        )
 
 
 @task(name="clean-stale-deployments", cache_policy=NO_CACHE, retries=0)
@@ -50,14 +64,16 @@ async def clean_stale_deployments(
     endpoints: Endpoints, request: CleanupStaleDeploymentsRequest, dry_run: bool
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
-        outcome = await cleanup.write(
-            client,
-            request,
-            timeout=_timeout(),
-            drain_timeout=get_settings().recovery_drain_timeout_seconds,
-            dry_run=dry_run,
+        return await _noted(
+            f"clean up beside {request.target}",
+            cleanup.write(
+                client,
+                request,
+                timeout=_timeout(),
+                drain_timeout=get_settings().recovery_drain_timeout_seconds,
+                dry_run=dry_run,
+            ),
         )
-    return _logged(f"clean up beside {request.target}", outcome)
 
 
 @task(name="recover-workflow-key", cache_policy=NO_CACHE, retries=0)
@@ -65,5 +81,7 @@ async def recover_workflow_key(
     endpoints: Endpoints, request: RecoverStuckWorkflowRequest, dry_run: bool
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
-        outcome = await recover.write(client, request, timeout=_timeout(), dry_run=dry_run)
-    return _logged(f"recover {request.target}", outcome)
+        return await _noted(
+            f"recover {request.target}",
+            recover.write(client, request, timeout=_timeout(), dry_run=dry_run),
+        )

@@ -243,6 +243,8 @@ def test_admin_unreachable_is_503(prefect_server: PrefectServer, restate: Restat
     [
         ("force-redeploy", {"serviceUrl": "not a url"}),
         ("force-redeploy", {"serviceUrl": "ftp://host/x"}),
+        ("force-redeploy", {"serviceUrl": "http://host:99999/"}),
+        ("cleanup-stale-deployments", {"serviceUrl": "http://host:0/"}),
         ("force-redeploy", {"serviceUrl": "http://h:9080", "force": "yes"}),
         ("force-redeploy", {}),
         ("cleanup-stale-deployments", {"serviceUrl": "http://h/", "forceDrain": 1}),
@@ -397,7 +399,8 @@ def test_no_credential_in_any_form_reaches_a_file_we_wrote(
     finished_row_for(api, "odd-2")
     row = row_for(api, "odd-1")
 
-    assert [a.status_code for a in answers] == [503, 200, 404], [a.text for a in answers]
+    assert [a.status_code for a in answers] == [400, 200, 404], [a.text for a in answers]
+    assert answers[0].json()["code"] == "INVALID_REQUEST"  # Restate refused it with a 4xx
     assert row["reason"] == ("INC-9: per http://REDACTED@wiki.example/x, password=REDACTED rotated")
     assert row["arguments"]["serviceUrl"] == "http://REDACTED@127.0.0.1:1/v1?token=REDACTED"
     from prefect.logging.handlers import APILogWorker

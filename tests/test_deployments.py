@@ -294,19 +294,3 @@ async def test_a_cleanup_racing_a_registration_never_interleaves(
         fresh_env.deployment_id: keep,
         redeploy["deploymentId"]: second_service.url + "/",
     }
-
-
-async def test_runs_creating_the_same_new_lock_at_once_all_get_it(
-    prefect_server: PrefectServer,
-) -> None:
-    """Found by the load run: concurrent first writes to one target raced creating its lock."""
-    import asyncio
-    import uuid
-
-    from tasks.runbook import ensure_lock
-
-    for _ in range(5):
-        name = f"restate-recovery:race-{uuid.uuid4().hex[:8]}"
-        await asyncio.gather(*(ensure_lock(name) for _ in range(12)))
-        async with get_client() as client:
-            assert (await client.read_global_concurrency_limit_by_name(name)).limit == 1

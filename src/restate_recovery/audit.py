@@ -11,17 +11,48 @@ failure. Refusals before anything runs (a missing permission, an invalid body) a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from restate_recovery import store
-from restate_recovery.errors import OperatorError, error_body
+from restate_recovery import leases, store
+from restate_recovery.errors import (
+    AuditUnavailableError,
+    InvalidRequestError,
+    OperatorError,
+    error_body,
+)
 from restate_recovery.models import ApiModel
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON = 2000  # characters, as the table stores them
+
+
+def check_reason(reason: str | None, *, field: str) -> str | None:
+    """A reason as given (UTF-8, any characters), or ``INVALID_REQUEST`` when the table could not
+    keep it whole."""
+    if not reason:
+        return None
+    if len(reason) > MAX_REASON:
+        message = f"at most {MAX_REASON} characters (got {len(reason)})"
+        raise InvalidRequestError(
+            f"Invalid request: {field}: {message}", [{"field": field, "message": message}]
+        )
+    return reason
+
+
+def stored_reason(reason: str | None) -> str | None:
+    """What the row of a refused attempt keeps of a reason too long to keep whole."""
+    if not reason or len(reason) <= MAX_REASON:
+        return reason or None
+    return reason[: MAX_REASON - 14] + " [truncated]"
 
 
 @dataclass(frozen=True)
@@ -50,7 +81,7 @@ def arguments_of(
     return arguments
 
 
-def _insert(attempt: Attempt) -> int:
+def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
     row = store.AuditCreate(
         actor_user_id=attempt.actor,
         role_at_time=attempt.role,
@@ -59,19 +90,44 @@ def _insert(attempt: Attempt) -> int:
         reason=attempt.reason,
         request_id=attempt.request_id,
     )
-    with Session(store.engine()) as session:
-        return store.record_attempt(session=session, attempt=row, started_at=attempt.started_at)
+    try:
+        with Session(store.engine(url)) as session:
+            row_id = store.record_attempt(
+                session=session,
+                attempt=row,
+                started_at=attempt.started_at,
+                owner=leases.owner(),
+                lease_expires_at=store.utcnow() + leases.ATTEMPT_LEASE,
+                flow_run_id=flow_run_id,
+            )
+    except SQLAlchemyError as exc:
+        raise AuditUnavailableError(
+            f"The audit database did not take the attempt's row ({type(exc).__name__}): nothing "
+            "was done. Check RECOVERY_DATABASE_URL and the database, then retry."
+        ) from exc
+    leases.KEEPER.hold_attempt(row_id, url)
+    return row_id
 
 
-def _finish(row_id: int, error: dict[str, Any] | None, flow_run_id: str | None) -> None:
-    with Session(store.engine()) as session:
-        store.finish_attempt(
-            session=session,
-            attempt_id=row_id,
-            outcome="failure" if error else "success",
-            error=error,
-            flow_run_id=flow_run_id,
+def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: str | None) -> None:
+    try:
+        with Session(store.engine(url)) as session:
+            store.finish_attempt(
+                session=session,
+                attempt_id=row_id,
+                outcome="failure" if error else "success",
+                error=error,
+                flow_run_id=flow_run_id,
+            )
+    except SQLAlchemyError as exc:  # what was done stands: the row is finished once it is back
+        logger.error(
+            "audit row %s not finished (%s): it will be, once the database is back",
+            row_id,
+            type(exc).__name__,
         )
+        leases.KEEPER.finish_late(url, row_id, error, flow_run_id)
+        return
+    leases.KEEPER.drop_attempt(row_id)
 
 
 class AuditedAttempt:
@@ -79,22 +135,29 @@ class AuditedAttempt:
 
     ``begin`` returns at once (the insert runs in a thread), so a read-only doctor can probe
     while its row is written; ``finish`` waits for the insert first. Set ``flow_run_id`` once
-    the attempt's Prefect run is known.
+    the attempt's Prefect run is known (before ``begin``, it goes into the row at once). While the
+    row is open its process renews its lease (``leases``). A database that cannot take the row
+    refuses the attempt (``AUDIT_DATABASE_UNAVAILABLE``); one that cannot take its finish delays
+    it, never what the attempt did.
     """
 
     def __init__(self, attempt: Attempt) -> None:
         self.attempt = attempt
         self.flow_run_id: str | None = None
+        self._url = store.database_url()
         self._insert: asyncio.Future[int] | None = None
         self._finished = False
 
     def begin(self) -> asyncio.Future[int]:
         if self._insert is None:
-            self._insert = asyncio.ensure_future(asyncio.to_thread(_insert, self.attempt))
+            self._insert = asyncio.ensure_future(
+                asyncio.to_thread(_insert, self.attempt, self.flow_run_id, self._url)
+            )
         return self._insert
 
-    async def start(self) -> None:
-        await asyncio.shield(self.begin())
+    async def start(self) -> int:
+        """The row's id, once it is written."""
+        return await asyncio.shield(self.begin())
 
     async def finish(self, error: BaseException | dict[str, Any] | None = None) -> None:
         """Finish the row: success without ``error``, else failure with its body."""
@@ -103,7 +166,7 @@ class AuditedAttempt:
         self._finished = True
         row_id = await asyncio.shield(self.begin())
         body = error_body(error) if isinstance(error, BaseException) else error
-        await asyncio.shield(asyncio.to_thread(_finish, row_id, body, self.flow_run_id))
+        await asyncio.shield(asyncio.to_thread(_finish, self._url, row_id, body, self.flow_run_id))
 
 
 @asynccontextmanager

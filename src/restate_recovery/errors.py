@@ -15,6 +15,7 @@
         ├── UnauthenticatedError       UNAUTHENTICATED                (HTTP 401, no live API key)
         ├── ForbiddenError             FORBIDDEN                      (HTTP 403, no system:operate)
         ├── PrefectUnavailableError    PREFECT_UNAVAILABLE            (HTTP 503, Prefect down)
+        ├── AuditUnavailableError      AUDIT_DATABASE_UNAVAILABLE     (HTTP 503, audit database down)
         └── CodedError                 any other code (an error body read back, e.g. recorded)
 
 Every message is redacted on the way in (URL credentials become ``REDACTED``): exceptions end up in
@@ -196,6 +197,13 @@ class PrefectUnavailableError(OperatorError):
     http_status = 503
 
 
+class AuditUnavailableError(OperatorError):
+    """The audit database (which also holds the API keys and the locks) did not answer."""
+
+    code = "AUDIT_DATABASE_UNAVAILABLE"
+    http_status = 503
+
+
 class CodedError(OperatorError):
     """An error body read back (``code`` and ``message``) whose code has no class of its own."""
 
@@ -217,6 +225,7 @@ _SIMPLE: dict[str, type[OperatorError]] = {
         UnauthenticatedError,
         ForbiddenError,
         PrefectUnavailableError,
+        AuditUnavailableError,
     )
 }
 

@@ -13,24 +13,53 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from restate_recovery.audit import Attempt, AuditedAttempt, audited
 from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
-from restate_recovery.errors import OperatorError
+from restate_recovery.errors import OperatorError, PrefectUnavailableError
+from restate_recovery.janitor import attempt_tags
 from restate_recovery.models import DoctorAnswer, DoctorReadout
 from restate_recovery.redaction import redact
 from restate_recovery.runbooks import DOCTOR, Runbook
-from restate_recovery.schemas import RequestModel
+from restate_recovery.schemas import RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class InProcessRun:
+    """What the caller of a runbook run in this process learns of it, whatever Prefect manages to
+    record: the audit row it belongs to, and what its one write did (noted by the write task
+    itself, before Prefect is told)."""
+
+    attempt_id: int | None = None
+    outcome: WriteOutcome | None = None
+    error: OperatorError | None = None
+
+
+CURRENT_RUN: ContextVar[InProcessRun | None] = ContextVar("restate_recovery_run", default=None)
+
+
+def note_write(outcome: WriteOutcome | None = None, error: OperatorError | None = None) -> None:
+    """The write task's result, for a caller in this process (no-op in a deployment run)."""
+    run = CURRENT_RUN.get()
+    if run is not None:
+        run.outcome, run.error = outcome, error
+
+
 async def run_flow(
-    flow: Any, parameters: dict[str, Any], executor: Executor | None, tags: tuple[str, ...] = ()
+    flow: Any,
+    parameters: dict[str, Any],
+    executor: Executor | None,
+    tags: tuple[str, ...] = (),
+    context: InProcessRun | None = None,
 ) -> Any:
-    """Run a flow in this process (its run tagged with ``tags``) and return its final state.
+    """Run a flow in this process (its run tagged with ``tags``, ``context`` as the current run)
+    and return its final state.
 
     With an ``executor`` the run gets a thread (and event loop) of its own. A long-lived server
     needs that: while a flow runs on the main thread Prefect swaps the SIGTERM handler for one that
@@ -43,13 +72,59 @@ async def run_flow(
         with tagged(*tags):
             return await flow(**parameters, return_state=True)
 
+    def in_context() -> Any:
+        token = CURRENT_RUN.set(context)
+        try:
+            return asyncio.run(run())
+        finally:
+            CURRENT_RUN.reset(token)
+
     if executor is None:
-        return await run()
+        token = CURRENT_RUN.set(context)
+        try:
+            return await run()
+        finally:
+            CURRENT_RUN.reset(token)
+    return await asyncio.get_running_loop().run_in_executor(executor, in_context)
 
-    def in_thread() -> Any:
-        return asyncio.run(run())
 
-    return await asyncio.get_running_loop().run_in_executor(executor, in_thread)
+def prefect_trouble(exc: BaseException) -> bool:
+    """Whether a failure came from talking to Prefect (not from the runbook itself)."""
+    import httpx
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, httpx.HTTPError | OSError) or type(cause).__name__ in (
+            "PrefectHTTPStatusError",
+            "ObjectNotFound",
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def settle(runbook: Runbook, run: InProcessRun, exc: Exception) -> dict[str, Any]:
+    """The answer of a run whose flow did not end as Prefect should have recorded it: what its
+    write did if it ran (a write that happened is never reported as failed), else the error."""
+    if run.outcome is not None:
+        logger.warning(
+            "%s (audit row %s): the write was made, but its Prefect run did not end cleanly: %s",
+            runbook.name,
+            run.attempt_id,
+            type(exc).__name__,
+        )
+        body: dict[str, Any] = run.outcome.result.to_json()
+        return body
+    if run.error is not None:
+        raise run.error from exc
+    if prefect_trouble(exc):
+        raise PrefectUnavailableError(
+            f"Prefect did not run {runbook.name} ({type(exc).__name__}): no write was made. "
+            "Check PREFECT_API_URL and Prefect's health, then retry."
+        ) from exc
+    raise exc
 
 
 async def run_runbook(
@@ -60,13 +135,30 @@ async def run_runbook(
     dry_run: bool,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Run a write runbook's flow with its audit row; returns the route's body."""
+    """Run a write runbook's flow with its audit row; returns the route's body. The run is tagged
+    ``audit:<row id>`` (so a run left behind by a crash is found and marked Crashed)."""
     async with audited(attempt) as row:
-        state = await run_flow(
-            runbook.flow(), {"request": request, "dry_run": dry_run}, executor=executor
-        )
+        attempt_id = await row.start()
+        run = InProcessRun(attempt_id=attempt_id)
+        try:
+            state = await run_flow(
+                runbook.flow(),
+                {"request": request, "dry_run": dry_run},
+                executor=executor,
+                tags=attempt_tags(attempt_id),
+                context=run,
+            )
+        except OperatorError:
+            raise
+        except Exception as exc:  # Prefect could not run it (or record its end)
+            return settle(runbook, run, exc)
         row.flow_run_id = str(state.state_details.flow_run_id)
-        body: dict[str, Any] = await state.aresult(raise_on_failure=True)
+        try:
+            body: dict[str, Any] = await state.aresult(raise_on_failure=True)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            return settle(runbook, run, exc)
         return body
 
 

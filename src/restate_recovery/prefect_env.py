@@ -66,6 +66,9 @@ def _configure(*, announce: bool) -> bool:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_CLI_PROMPT", "false")
     os.environ.setdefault(STARTUP_TIMEOUT, EMBEDDED_STARTUP_TIMEOUT_SECONDS)  # embedded only
+    # Prefect's client retries a lost server for about a minute by default (5 tries): a runbook
+    # run in this process then answers that long after Prefect went away. 2 tries: seconds.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()

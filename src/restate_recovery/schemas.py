@@ -44,6 +44,8 @@ def absolute_http_url(value: str) -> str:
         raise ValueError("must be an absolute http(s) URL") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an absolute http(s) URL")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(f"port {url.port} is out of range (1-65535)")
     return value
 
 

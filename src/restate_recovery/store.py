@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +29,7 @@ from sqlmodel import JSON, Column, Field, Session, SQLModel, col, select
 from restate_recovery.redaction import redact_arguments, redact_text
 from restate_recovery.settings import get_settings
 
-Outcome = Literal["success", "failure"]
+Outcome = Literal["success", "failure", "abandoned"]
 SYSTEM_OPERATE = "system:operate"
 KEY_PREFIX = "rrk"
 
@@ -62,6 +65,12 @@ class OperationAudit(AuditBase, table=True):
     outcome: str | None = Field(default=None, max_length=16)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     flow_run_id: str | None = Field(default=None, max_length=64)
+    # Who runs the attempt while it is open (host:pid:start), and until when it is known alive:
+    # its process renews the lease; a row whose lease ran out was left by a dead process.
+    owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -91,10 +100,17 @@ def audit_public(row: OperationAudit) -> dict[str, Any]:
 
 
 def record_attempt(
-    *, session: Session, attempt: AuditCreate, started_at: datetime | None = None
+    *,
+    session: Session,
+    attempt: AuditCreate,
+    started_at: datetime | None = None,
+    owner: str | None = None,
+    lease_expires_at: datetime | None = None,
+    flow_run_id: str | None = None,
 ) -> int:
     """Insert the row of an attempt that is starting; returns its id (committed at once)."""
     data = attempt.model_dump()
+    data.update(owner=owner, lease_expires_at=lease_expires_at, flow_run_id=flow_run_id)
     data["arguments"] = redact_arguments(data["arguments"])
     data["reason"] = redact_text(data["reason"]) if data["reason"] else data["reason"]
     data["started_at"] = started_at or utcnow()
@@ -137,9 +153,144 @@ def finish_attempt(
     session.commit()
 
 
+def renew_attempts(*, session: Session, attempt_ids: list[int], until: datetime) -> None:
+    """Push the leases of open attempts (their process is alive) to ``until``."""
+    session.execute(
+        sa.update(OperationAudit)
+        .where(col(OperationAudit.id).in_(attempt_ids))
+        .where(col(OperationAudit.finished_at).is_(None))
+        .values(lease_expires_at=until)
+    )
+    session.commit()
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """An attempt closed because its process stopped before it finished."""
+
+    id: int
+    route: str
+    flow_run_id: str | None
+    owner: str | None
+
+
+def close_abandoned(
+    *, session: Session, now: datetime, grace: timedelta, dead: Callable[[str | None], bool]
+) -> list[Abandoned]:
+    """Close, with outcome ``abandoned``, every open attempt whose lease ran out more than
+    ``grace`` ago, or whose owner is known ``dead`` (a process of this host that is gone).
+    Each is closed only if it is still open and unrenewed: a live owner's renewal wins."""
+    candidates = session.exec(
+        select(OperationAudit).where(col(OperationAudit.finished_at).is_(None))
+    ).all()
+    closed: list[Abandoned] = []
+    for row in candidates:
+        lease = row.lease_expires_at
+        if lease is not None and lease.tzinfo is None:
+            lease = lease.replace(tzinfo=UTC)
+        expired = lease is None or lease < now - grace
+        if not (expired or dead(row.owner)):
+            continue
+        if row.id is None:
+            continue
+        statement = (
+            sa.update(OperationAudit)
+            .where(col(OperationAudit.id) == row.id)
+            .where(col(OperationAudit.finished_at).is_(None))
+        )
+        if row.lease_expires_at is not None:
+            statement = statement.where(
+                col(OperationAudit.lease_expires_at) == row.lease_expires_at
+            )
+        result = session.execute(
+            statement.values(
+                finished_at=now,
+                outcome="abandoned",
+                error={"code": ABANDONED, "message": ABANDONED_MESSAGE},
+            )
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            closed.append(Abandoned(row.id, row.route, row.flow_run_id, row.owner))
+    session.commit()
+    return closed
+
+
+ABANDONED = "ATTEMPT_ABANDONED"
+ABANDONED_MESSAGE = (
+    "The process running this attempt stopped before it finished: some of its steps may have "
+    "run. Run doctor, then the runbook again (it converges)."
+)
+
+
 def list_attempts(*, session: Session, limit: int = 50) -> list[OperationAudit]:
     statement = select(OperationAudit).order_by(col(OperationAudit.id).desc()).limit(limit)
     return list(session.exec(statement))
+
+
+# --- per-target write locks --------------------------------------------------------------------
+
+
+class RecoveryLock(SQLModel, table=True):
+    """One write at a time per target: a row per held lock, with a short lease its holder renews.
+    A dead holder's lease runs out in seconds; the next writer takes the lock then."""
+
+    __tablename__ = "recovery_lock"
+
+    target: str = Field(primary_key=True, max_length=255)
+    holder: str = Field(max_length=64)
+    owner: str = Field(max_length=128)
+    attempt_id: int | None = None
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    acquired_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+
+
+def try_lock(*, session: Session, lock: RecoveryLock, now: datetime) -> RecoveryLock | None:
+    """Take ``lock`` if its target is free (or its holder's lease ran out); None when taken,
+    else the row that holds it."""
+    table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
+    session.execute(
+        sa.delete(table).where(table.c.target == lock.target).where(table.c.expires_at < now)
+    )
+    try:
+        session.execute(sa.insert(table).values(**lock.model_dump()))
+        session.commit()
+        return None
+    except sa.exc.IntegrityError:
+        session.rollback()
+    held = session.get(RecoveryLock, lock.target)
+    return held if held is not None else lock  # released meanwhile: the caller asks again
+
+
+def renew_locks(*, session: Session, holders: list[str], until: datetime) -> int:
+    table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.update(table).where(table.c.holder.in_(holders)).values(expires_at=until)
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_lock(*, session: Session, holder: str) -> None:
+    table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
+    session.execute(sa.delete(table).where(table.c.holder == holder))
+    session.commit()
+
+
+def release_locks_of(*, session: Session, attempt_ids: list[int], owners: list[str]) -> int:
+    """Release the locks held by closed attempts or by dead processes."""
+    table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.delete(table).where(
+            sa.or_(table.c.attempt_id.in_(attempt_ids), table.c.owner.in_(owners))
+        )
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def locks(*, session: Session) -> list[RecoveryLock]:
+    return list(session.exec(select(RecoveryLock)))
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -174,10 +325,27 @@ def api_key_public(key: ApiKey) -> dict[str, Any]:
     }
 
 
+def check_label(value: str, what: str, *, limit: int = 255) -> str:
+    """An actor, role or permission as audit rows will show it: 1 to ``limit`` characters, none
+    of them a control character, no surrounding blanks. ``ValueError`` says what is wrong."""
+    if not value or value != value.strip():
+        raise ValueError(f"{what} must not be empty nor start or end with blanks")
+    if len(value) > limit:
+        raise ValueError(f"{what} must be at most {limit} characters (got {len(value)})")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        raise ValueError(f"{what} must not hold control characters or line breaks")
+    return value
+
+
 def create_api_key(
     *, session: Session, actor: str, role: str, permissions: list[str]
 ) -> tuple[ApiKey, str]:
-    """A new key; the plaintext (``rrk_<id>_<secret>``) is returned once and never stored."""
+    """A new key; the plaintext (``rrk_<id>_<secret>``) is returned once and never stored.
+    ``ValueError`` for an actor, role or permission rows could not show faithfully."""
+    check_label(actor, "actor")
+    check_label(role, "role")
+    for permission in permissions:
+        check_label(permission, "permission", limit=64)
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(
@@ -275,7 +443,7 @@ def engine_for(url: str) -> Engine:
 
 
 # The newest migration in migrations/versions (a unit test holds this to Alembic's own head).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def at_head(url: str) -> bool:
@@ -289,10 +457,19 @@ def at_head(url: str) -> bool:
         return False
 
 
-def engine() -> Engine:
-    """The engine of the configured audit database (``RECOVERY_DATABASE_URL``), brought to the
-    newest schema on first use in this process."""
-    return _migrated(get_settings().recovery_database_url)
+def database_url() -> str:
+    """The configured audit database (``RECOVERY_DATABASE_URL``)."""
+    return get_settings().recovery_database_url
+
+
+_migrating = threading.Lock()
+
+
+def engine(url: str | None = None) -> Engine:
+    """The engine of the audit database (``url``, else the configured one), brought to the newest
+    schema on first use in this process (by one thread: the others wait for it)."""
+    with _migrating:
+        return _migrated(url or database_url())
 
 
 @cache

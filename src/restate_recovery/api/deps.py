@@ -10,17 +10,22 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from restate_recovery import store
 from restate_recovery.api.errors import request_id_of
-from restate_recovery.audit import Attempt, arguments_of, refused
-from restate_recovery.errors import ForbiddenError, OperatorError, UnauthenticatedError
+from restate_recovery.audit import Attempt, arguments_of, check_reason, refused, stored_reason
+from restate_recovery.errors import (
+    AuditUnavailableError,
+    ForbiddenError,
+    InvalidRequestError,
+    OperatorError,
+    UnauthenticatedError,
+)
 from restate_recovery.execution import DoctorAnswers, run_runbook
 from restate_recovery.runbooks import Runbook
 from restate_recovery.schemas import RequestModel, invalid_request
-
-MAX_REASON = 2000
 
 
 @dataclass(frozen=True)
@@ -32,22 +37,25 @@ class Operator:
 
 
 def _lookup_key(presented: str) -> store.KeyHolder | None:
-    with Session(store.engine()) as session:
-        return store.authenticate(session=session, presented=presented)
+    try:
+        with Session(store.engine()) as session:
+            return store.authenticate(session=session, presented=presented)
+    except SQLAlchemyError as exc:
+        raise AuditUnavailableError(
+            f"The audit database (which holds the API keys) did not answer "
+            f"({type(exc).__name__}): nothing was done"
+        ) from exc
 
 
 def reason_of(request: Request) -> str | None:
-    """``X-Operator-Reason``: why the operator calls, read as UTF-8 (printable characters,
-    bounded)."""
+    """``X-Operator-Reason``: why the operator calls, as sent (clients send UTF-8)."""
     value = request.headers.get("x-operator-reason")
     if not value:
         return None
-    try:  # the server decoded the header's bytes as latin-1; clients send UTF-8
-        value = value.encode("latin-1").decode("utf-8")
+    try:  # the server decoded the header's bytes as latin-1
+        return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        pass
-    cleaned = "".join(ch for ch in value if ch.isprintable())
-    return cleaned[:MAX_REASON] or None
+        return value
 
 
 def route_of(request: Request) -> str:
@@ -62,7 +70,7 @@ def attempt_of(
         role=operator.role,
         route=route_of(request),
         arguments=arguments or {},
-        reason=reason_of(request),
+        reason=stored_reason(reason_of(request)),
         request_id=request_id_of(request),
         started_at=request.state.started_at,
     )
@@ -81,6 +89,11 @@ async def operator(request: Request, x_api_key: Annotated[str | None, Header()] 
         error = ForbiddenError("This API key lacks system:operate permission")
         await refused(attempt_of(request, caller), error)
         raise error
+    try:
+        check_reason(reason_of(request), field="X-Operator-Reason")
+    except InvalidRequestError as invalid:
+        await refused(attempt_of(request, caller), invalid)
+        raise
     return caller
 
 

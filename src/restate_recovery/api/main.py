@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from restate_recovery import store
+from restate_recovery import janitor, leases, store
 from restate_recovery.api import errors
 from restate_recovery.api.deps import Runner
 from restate_recovery.api.middleware import RequestContext
 from restate_recovery.api.routes import router
 from restate_recovery.settings import get_settings
 
+logger = logging.getLogger(__name__)
+
 # Doctor answers waiting to be recorded as flow runs; past that a new doctor call waits before
 # probing. On shutdown the API waits this long for them.
 MAX_PENDING_RECORDS = 16
 DRAIN_RECORDS_SECONDS = 30.0
+
+
+async def sweep_forever() -> None:
+    """What dead processes left behind, every ``leases.REAP_SECONDS`` (``janitor``)."""
+    while True:
+        try:
+            await janitor.sweep()
+        except Exception as exc:  # the audit database is away: the next sweep will do
+            logger.warning("sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(leases.REAP_SECONDS)
 
 
 @asynccontextmanager
@@ -29,7 +42,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_pending_records=MAX_PENDING_RECORDS,
     )
     app.state.runner = runner
+    sweeping = asyncio.create_task(sweep_forever())  # its first sweep: at start-up
     yield
+    sweeping.cancel()
     await runner.close(drain_seconds=DRAIN_RECORDS_SECONDS)
 
 

@@ -5,6 +5,7 @@ they run: the runbook commands' remote mode must start fast."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import click
@@ -42,10 +43,18 @@ def api_keys_create(actor: str, role: str, permissions: tuple[str, ...], as_json
     """Create an API key and print it once."""
     from restate_recovery import store
 
+    for value, option in [(actor, "--actor"), (role, "--role")]:
+        try:
+            store.check_label(value, option)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from exc
     with _session() as session:
-        key, plaintext = store.create_api_key(
-            session=session, actor=actor, role=role, permissions=list(permissions)
-        )
+        try:
+            key, plaintext = store.create_api_key(
+                session=session, actor=actor, role=role, permissions=list(permissions)
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--permission") from exc
     body = {
         "id": key.id,
         "key": plaintext,
@@ -111,10 +120,24 @@ def audit_list(as_json: bool, limit: int) -> None:
         return
     for row in rows:
         error = f"  {row['error']['code']}" if row["error"] else ""
+        reason = f"  reason: {shown(row['reason'])}" if row["reason"] else ""
         click.echo(
-            f"{row['startedAt']}  {row['actorUserId']} ({row['roleAtTime']})  {row['route']}  "
-            f"{row['outcome'] or 'running'}{error}  {json.dumps(row['arguments'])}"
+            f"{row['startedAt']}  {shown(row['actorUserId'])} ({shown(row['roleAtTime'])})  "
+            f"{row['route']}  {row['outcome'] or 'running'}{error}  "
+            f"{json.dumps(row['arguments'], ensure_ascii=False)}{reason}"
         )
+
+
+def shown(text: str | None) -> str:
+    """Text as stored, with control characters and line breaks escaped: one row, one line."""
+    if text is None:
+        return ""
+    return "".join(
+        ch
+        if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
+        else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
 
 
 @click.group("automations", help="Prefect automations that let alerts drive the runbooks.")
@@ -151,11 +174,10 @@ def api(host: str, port: int) -> None:
         # against it concurrently had doctor records hang for good (seen in CI).
         click.echo("the operator API needs PREFECT_API_URL (a running Prefect server)", err=True)
         raise SystemExit(2)
-    import uvicorn
-
     from restate_recovery.api.main import create_app
+    from restate_recovery.api.server import serve
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    serve(create_app(), host=host, port=port)
 
 
 def register(app: click.Group) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import getpass
 from typing import Any
 
-from restate_recovery.audit import Attempt, arguments_of, refused
+from restate_recovery.audit import Attempt, arguments_of, check_reason, refused, stored_reason
 from restate_recovery.cli.remote import Answer
 from restate_recovery.errors import InvalidRequestError, OperatorError
 from restate_recovery.runbooks import Runbook
@@ -25,8 +25,20 @@ RECORD_TIMEOUT_SECONDS = 600.0
 
 def attempt(runbook: Runbook, arguments: dict[str, Any], reason: str | None) -> Attempt:
     return Attempt(
-        actor=getpass.getuser(), role=ROLE, route=runbook.name, arguments=arguments, reason=reason
+        actor=getpass.getuser(),
+        role=ROLE,
+        route=runbook.name,
+        arguments=arguments,
+        reason=stored_reason(reason),
     )
+
+
+async def refused_answer(
+    runbook: Runbook, arguments: dict[str, Any], reason: str | None, error: OperatorError
+) -> Answer:
+    """An audited refusal before anything ran."""
+    await refused(attempt(runbook, arguments, reason), error)
+    return Answer(ok=False, body=error.body())
 
 
 def run_write(
@@ -42,10 +54,10 @@ async def _run_write(
     from restate_recovery.execution import run_runbook
 
     try:
+        check_reason(reason, field="--reason")
         request = parse_request(runbook.request, body)
     except InvalidRequestError as exc:
-        await refused(attempt(runbook, {"invalidBody": True}, reason), exc)
-        return Answer(ok=False, body=exc.body())
+        return await refused_answer(runbook, {"invalidBody": True}, reason, exc)
     try:
         result = await run_runbook(
             runbook,
@@ -64,6 +76,12 @@ async def answer_doctor(runbook: Runbook, *, reason: str | None, shown: Any) -> 
     record, after the answer is shown."""
     from restate_recovery.execution import DoctorAnswers
 
+    try:
+        check_reason(reason, field="--reason")
+    except InvalidRequestError as exc:
+        answer = await refused_answer(runbook, {}, reason, exc)
+        shown(answer)
+        return answer
     answers = DoctorAnswers(source="CLI", max_pending=1)
     try:
         try:

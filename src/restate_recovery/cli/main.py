@@ -20,6 +20,7 @@ library, so an operator's call starts fast.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -182,7 +183,24 @@ def main() -> None:
     from restate_recovery.cli import admin
 
     admin.register(app)
-    app()
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        raise SystemExit(done.exit_code) from None
+    except click.ClickException as usage:  # bad usage: click's own message, exit 2
+        usage.show()
+        raise SystemExit(EXIT_USAGE) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # never a traceback: the error body, as a route would answer it
+        from restate_recovery.cli.output import show_error
+        from restate_recovery.errors import error_body
+
+        as_json = "--json" in sys.argv
+        show_error(error_body(exc), as_json=as_json)
+        raise SystemExit(EXIT_ROUTE_ERROR) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

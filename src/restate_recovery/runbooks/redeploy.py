@@ -1,14 +1,21 @@
 """force-redeploy: register the live service URL with Restate and return the deployment id.
 
 It registers only: nothing is drained or deleted. ``force`` is always sent explicitly (Restate
-treats an omitted one as false, which silently keeps an old schema). A dry run asks Restate for a
+treats an omitted one as false, which silently keeps an old schema). A URL Restate refuses as
+such (a 4xx) is the caller's to fix (``INVALID_REQUEST``); one it cannot reach to discover is
+``RESTATE_ADMIN_UNREACHABLE``, as the spec has it. A dry run asks Restate for a
 ``dry_run`` registration: discovery runs against the service and nothing is registered.
 """
 
 from __future__ import annotations
 
 from restate_recovery.client import RestateAdminClient
-from restate_recovery.errors import AdminUnreachableError, RestateRejected, RestateUnreachable
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    InvalidRequestError,
+    RestateRejected,
+    RestateUnreachable,
+)
 from restate_recovery.models import ApiModel, DoctorReadout
 from restate_recovery.redaction import redact_text
 from restate_recovery.schemas import (
@@ -21,7 +28,12 @@ from restate_recovery.schemas import (
 from restate_recovery.settings import Settings
 
 
-def _refused(exc: RestateRejected, url: str) -> AdminUnreachableError:
+def _refused(exc: RestateRejected, url: str) -> AdminUnreachableError | InvalidRequestError:
+    if 400 <= exc.status_code < 500:  # Restate will not take this URL as it is: fix the input
+        message = (
+            f"Restate refused serviceUrl {redact_text(url)} ({exc.status_code}): {exc.message}"
+        )
+        return InvalidRequestError(message, [{"field": "serviceUrl", "message": exc.message}])
     if exc.restate_code == "META0003":
         return AdminUnreachableError(
             f"Restate could not reach the service at {redact_text(url)} to discover it "

@@ -1,0 +1,237 @@
+"""Leases: what a process that dies leaves behind is cleaned up within seconds, by others.
+
+- Every open audit row has an owner (``host:pid:start``) and a lease its process renews every
+  ``RENEW_SECONDS`` (``ATTEMPT_LEASE`` long). ``reap`` closes the rows of dead processes with the
+  outcome ``abandoned``, marks their Prefect runs Crashed and releases their locks; the operator
+  API runs it at start-up and every ``REAP_SECONDS``. A dead process of this host is known dead at
+  once; one elsewhere once its lease has run out for ``REAP_GRACE``.
+- ``lock(target)`` is the one-write-per-target lock: a row in the audit database with a
+  ``LOCK_LEASE`` lease its holder renews, so a dead holder's lock is free again within seconds.
+- A row whose finish could not be written (the database was away) is finished by the keeper as
+  soon as the database is back.
+
+One keeper thread per process does the renewing and the late finishing, whatever event loops
+the attempts run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from sqlmodel import Session
+
+from restate_recovery import store
+from restate_recovery.errors import RecoveryInProgressError
+
+logger = logging.getLogger(__name__)
+
+RENEW_SECONDS = 2.0
+ATTEMPT_LEASE = timedelta(seconds=30)
+LOCK_LEASE = timedelta(seconds=10)
+REAP_GRACE = timedelta(seconds=60)
+REAP_SECONDS = 15.0
+LOCK_POLL_SECONDS = 0.25
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@cache
+def owner() -> str:
+    """This process, as audit rows and locks name it: ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or uuid.uuid4().hex[:8]}"
+
+
+def is_dead(name: str | None) -> bool:
+    """Whether ``name`` is a process of this host that is gone (or was replaced under its pid).
+    A process of another host is never known dead here: its lease says so."""
+    if not name:
+        return False
+    host, _, rest = name.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return name != owner()
+    return _start_time(int(pid)) != start
+
+
+class Keeper:
+    """The process's keeper thread: renews the leases of its open attempts and held locks, and
+    writes the finishes the database could not take when they were made (each in the database it
+    belongs to)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: dict[int, str] = {}  # attempt id -> database URL
+        self._holders: dict[str, str] = {}  # lock holder -> database URL
+        self._late: dict[tuple[str, int], tuple[dict[str, Any] | None, str | None]] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_started(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+
+    def hold_attempt(self, attempt_id: int, url: str) -> None:
+        with self._lock:
+            self._attempts[attempt_id] = url
+            self._ensure_started()
+
+    def drop_attempt(self, attempt_id: int) -> None:
+        with self._lock:
+            self._attempts.pop(attempt_id, None)
+
+    def hold_lock(self, holder: str, url: str) -> None:
+        with self._lock:
+            self._holders[holder] = url
+            self._ensure_started()
+
+    def drop_lock(self, holder: str) -> None:
+        with self._lock:
+            self._holders.pop(holder, None)
+
+    def finish_late(
+        self, url: str, attempt_id: int, error: dict[str, Any] | None, flow_run_id: str | None
+    ) -> None:
+        """A finish the database did not take: written as soon as it is back."""
+        with self._lock:
+            self._late[(url, attempt_id)] = (error, flow_run_id)
+            self._ensure_started()
+        self._wake.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._late)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(RENEW_SECONDS)
+            self._wake.clear()
+            with self._lock:
+                urls = {*self._attempts.values(), *self._holders.values()}
+                urls |= {url for url, _ in self._late}
+            for url in urls:
+                try:
+                    self.tick(url)
+                except Exception as exc:  # the database is away: try again next tick
+                    logger.warning("lease keeper: %s", type(exc).__name__)
+
+    def tick(self, url: str) -> None:
+        with self._lock:
+            late = {key: value for key, value in self._late.items() if key[0] == url}
+            attempts = sorted(i for i, u in self._attempts.items() if u == url)
+            holders = sorted(h for h, u in self._holders.items() if u == url)
+        now = store.utcnow()
+        with Session(store.engine(url)) as session:
+            for (_, attempt_id), (error, flow_run_id) in late.items():
+                store.finish_attempt(
+                    session=session,
+                    attempt_id=attempt_id,
+                    outcome="failure" if error else "success",
+                    error=error,
+                    flow_run_id=flow_run_id,
+                )
+                with self._lock:
+                    self._late.pop((url, attempt_id), None)
+                    self._attempts.pop(attempt_id, None)
+                logger.info("audit row %s finished now that the database is back", attempt_id)
+            if attempts:
+                store.renew_attempts(
+                    session=session, attempt_ids=attempts, until=now + ATTEMPT_LEASE
+                )
+            if holders:
+                store.renew_locks(session=session, holders=holders, until=now + LOCK_LEASE)
+
+
+KEEPER = Keeper()
+
+
+@asynccontextmanager
+async def lock(
+    target: str, *, timeout: float, attempt_id: int | None = None, flow_run_id: str | None = None
+) -> AsyncIterator[None]:
+    """Hold the write lock of ``target`` (waiting up to ``timeout``, then
+    ``RESTATE_RECOVERY_IN_PROGRESS`` naming who holds it). Released on the way out; if this
+    process dies instead, its lease runs out within ``LOCK_LEASE``."""
+    holder, url = uuid.uuid4().hex, store.database_url()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def attempt() -> store.RecoveryLock | None:
+        now = store.utcnow()
+        row = store.RecoveryLock(
+            target=target,
+            holder=holder,
+            owner=owner(),
+            attempt_id=attempt_id,
+            flow_run_id=flow_run_id,
+            acquired_at=now,
+            expires_at=now + LOCK_LEASE,
+        )
+        with Session(store.engine(url)) as session:
+            return store.try_lock(session=session, lock=row, now=now)
+
+    while (held := await asyncio.to_thread(attempt)) is not None:
+        if loop.time() >= deadline:
+            who = f"attempt {held.attempt_id}" if held.attempt_id else f"run {held.flow_run_id}"
+            raise RecoveryInProgressError(
+                f"Another write to {target} ({who}, since {held.acquired_at:%H:%M:%S} UTC) still "
+                f"holds it after {timeout:g} s: run doctor, then retry"
+            )
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+    KEEPER.hold_lock(holder, url)
+    try:
+        yield
+    finally:
+        KEEPER.drop_lock(holder)
+        await asyncio.shield(asyncio.to_thread(_release, url, holder))
+
+
+def _release(url: str, holder: str) -> None:
+    with Session(store.engine(url)) as session:
+        store.release_lock(session=session, holder=holder)
+
+
+def reap() -> list[store.Abandoned]:
+    """Close the attempts dead processes left open, release their locks; returns them (their
+    Prefect runs are the caller's to mark Crashed)."""
+    with Session(store.engine()) as session:
+        closed = store.close_abandoned(
+            session=session, now=store.utcnow(), grace=REAP_GRACE, dead=is_dead
+        )
+        dead_owners = sorted(
+            {lock.owner for lock in store.locks(session=session) if is_dead(lock.owner)}
+        )
+        released = store.release_locks_of(
+            session=session, attempt_ids=[a.id for a in closed], owners=dead_owners
+        )
+    for attempt in closed:
+        logger.warning(
+            "audit row %s (%s, run %s) closed as abandoned: its process %s stopped",
+            attempt.id,
+            attempt.route,
+            attempt.flow_run_id,
+            attempt.owner,
+        )
+    if released:
+        logger.warning("released %d locks of stopped processes", released)
+    return closed

@@ -1,0 +1,186 @@
+"""Leases on both audit databases (SQLite, the machine's PostgreSQL): the per-target lock, the
+open rows a dead process leaves, and finishes the database could not take at once."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from restate_recovery import leases, store
+from restate_recovery.audit import Attempt, AuditedAttempt
+from restate_recovery.errors import AuditUnavailableError, RecoveryInProgressError
+from restate_recovery.settings import get_settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The audit database of this test (``store.engine()`` is it), and quick leases."""
+    url = (
+        f"sqlite:///{tmp_path / 'audit.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    settings_env.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    settings_env.setattr(leases, "LOCK_LEASE", timedelta(seconds=1))
+    settings_env.setattr(leases, "RENEW_SECONDS", 0.2)
+    yield url
+
+
+def dead_owner() -> str:
+    """The owner name of a process of this host that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return f"{leases.owner().split(':')[0]}:{process.pid}:1"
+
+
+async def test_one_holder_at_a_time_and_every_waiter_gets_it(database: str) -> None:
+    target = f"workflow:W:{uuid.uuid4().hex[:8]}"
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    async def writer(n: int) -> None:
+        async with leases.lock(target, timeout=30):
+            if inside:
+                overlaps.append(n)
+            inside.append(n)
+            await asyncio.sleep(0.05)
+            inside.remove(n)
+
+    await asyncio.gather(*(writer(n) for n in range(8)))
+
+    assert overlaps == []
+    with Session(store.engine()) as session:
+        assert [lock.target for lock in store.locks(session=session)] == []
+
+
+async def test_a_held_lock_outlives_its_lease_while_renewed_and_the_waiter_is_told_who(
+    database: str,
+) -> None:
+    target = f"deployments-{uuid.uuid4().hex[:8]}"
+    async with leases.lock(target, timeout=5, attempt_id=41):
+        await asyncio.sleep(2.5)  # 2.5 leases: the keeper renewed it
+        with pytest.raises(RecoveryInProgressError, match="attempt 41"):
+            async with leases.lock(target, timeout=0.5):
+                pass
+
+
+async def test_a_dead_holders_lock_is_free_at_once_after_reaping_and_by_lease_anyway(
+    database: str,
+) -> None:
+    dead, remote = f"dead-{uuid.uuid4().hex[:6]}", f"remote-{uuid.uuid4().hex[:6]}"
+    now = store.utcnow()
+    with Session(store.engine()) as session:
+        for target, owner, expires in [
+            (dead, dead_owner(), now + timedelta(hours=1)),  # would hold for an hour
+            (remote, "elsewhere:1:1", now - timedelta(seconds=1)),  # lease ran out
+        ]:
+            session.add(
+                store.RecoveryLock(
+                    target=target,
+                    holder=uuid.uuid4().hex,
+                    owner=owner,
+                    acquired_at=now,
+                    expires_at=expires,
+                )
+            )
+        session.commit()
+
+    leases.reap()
+    for target in (dead, remote):
+        async with leases.lock(target, timeout=0.5):  # no wait
+            pass
+
+
+def open_row(owner: str | None, lease: timedelta | None) -> int:
+    row = store.AuditCreate(actor_user_id="u", role_at_time="ops", route="recover-stuck-workflow")
+    with Session(store.engine()) as session:
+        return store.record_attempt(
+            session=session,
+            attempt=row,
+            owner=owner,
+            lease_expires_at=None if lease is None else store.utcnow() + lease,
+        )
+
+
+def row(attempt_id: int) -> store.OperationAudit:
+    with Session(store.engine()) as session:
+        found = session.get(store.OperationAudit, attempt_id)
+        assert found is not None
+        return found
+
+
+def test_rows_of_dead_processes_are_closed_as_abandoned_and_live_ones_kept(database: str) -> None:
+    dead = open_row(dead_owner(), timedelta(hours=1))
+    expired = open_row("elsewhere:1:1", -timedelta(minutes=5))
+    recent = open_row("elsewhere:1:1", -timedelta(seconds=5))  # within the grace
+    alive = open_row(leases.owner(), timedelta(seconds=30))
+
+    closed = {a.id for a in leases.reap()}
+
+    assert {dead, expired} <= closed and not {recent, alive} & closed
+    for attempt_id in (dead, expired):
+        closed_row = row(attempt_id)
+        assert closed_row.outcome == "abandoned" and closed_row.finished_at is not None
+        assert closed_row.error == {"code": store.ABANDONED, "message": store.ABANDONED_MESSAGE}
+    assert row(recent).finished_at is None and row(alive).finished_at is None
+
+
+async def test_an_open_row_is_renewed_while_its_attempt_runs(database: str) -> None:
+    audited = AuditedAttempt(Attempt(actor="u", role="ops", route="doctor"))
+    attempt_id = await audited.start()
+    first = row(attempt_id).lease_expires_at
+    deadline = asyncio.get_running_loop().time() + 3 * 2.0  # the keeper may sleep 2 s still
+    while (renewed := row(attempt_id).lease_expires_at) == first:
+        assert asyncio.get_running_loop().time() < deadline, "the lease was never renewed"
+        await asyncio.sleep(0.1)
+    await audited.finish()
+
+    assert first is not None and renewed is not None and renewed > first
+    assert row(attempt_id).outcome == "success"
+
+
+async def test_a_finish_the_database_refused_is_written_once_it_is_back(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audited = AuditedAttempt(Attempt(actor="u", role="ops", route="force-redeploy"))
+    attempt_id = await audited.start()
+    real = store.finish_attempt
+    refusals = [True] * 3  # the finish itself and the keeper's first two tries
+
+    def finish_attempt(**kwargs: object) -> None:
+        if refusals:
+            refusals.pop()
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("database is gone"))
+        real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "finish_attempt", finish_attempt)
+    await audited.finish()  # returns: what was done stands
+    assert row(attempt_id).finished_at is None and leases.KEEPER.pending() == 1
+    deadline = asyncio.get_running_loop().time() + 10
+    while row(attempt_id).finished_at is None:
+        assert asyncio.get_running_loop().time() < deadline, "never finished"
+        await asyncio.sleep(0.1)
+    assert row(attempt_id).outcome == "success" and leases.KEEPER.pending() == 0
+
+
+async def test_an_attempt_the_database_cannot_take_is_refused(
+    settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_env.setenv("RECOVERY_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    with pytest.raises(AuditUnavailableError) as refused:
+        await AuditedAttempt(Attempt(actor="u", role="ops", route="doctor")).start()
+    assert refused.value.http_status == 503
+    assert refused.value.code == "AUDIT_DATABASE_UNAVAILABLE"
