@@ -52,7 +52,8 @@ def stored_reason(reason: str | None) -> str | None:
     """What the row of a refused attempt keeps of a reason too long to keep whole."""
     if not reason or len(reason) <= MAX_REASON:
         return reason or None
-    return reason[: MAX_REASON - 14] + " [truncated]"
+    marker = " [truncated]"
+    return reason[: MAX_REASON - len(marker)] + marker
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 AUDITED = "restate-recovery:audited"  # tag of every in-process runbook run, beside audit:<id>
 UNFINISHED = ("RUNNING", "PENDING")
-SETTLE_AFTER = timedelta(seconds=60)  # a run younger than this may still be on its way
+SETTLE_AFTER = timedelta(seconds=10)  # a run younger than this may still be on its way
 
 
 def attempt_tags(attempt_id: int) -> tuple[str, str]:

@@ -28,10 +28,11 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from restate_recovery import store
-from restate_recovery.errors import RecoveryInProgressError
+from restate_recovery.errors import AuditUnavailableError, RecoveryInProgressError
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,14 @@ async def lock(
             acquired_at=now,
             expires_at=now + LOCK_LEASE,
         )
-        with Session(store.engine(url)) as session:
-            return store.try_lock(session=session, lock=row, now=now)
+        try:
+            with Session(store.engine(url)) as session:
+                return store.try_lock(session=session, lock=row, now=now)
+        except SQLAlchemyError as exc:
+            raise AuditUnavailableError(
+                f"The audit database (which holds the write locks) did not answer "
+                f"({type(exc).__name__}): no write was made"
+            ) from exc
 
     while (held := await asyncio.to_thread(attempt)) is not None:
         if loop.time() >= deadline:
@@ -207,8 +214,13 @@ async def lock(
 
 
 def _release(url: str, holder: str) -> None:
-    with Session(store.engine(url)) as session:
-        store.release_lock(session=session, holder=holder)
+    try:
+        with Session(store.engine(url)) as session:
+            store.release_lock(session=session, holder=holder)
+    except SQLAlchemyError as exc:  # the database is away: the lease runs out on its own
+        logger.warning(
+            "lock %s not released (%s): free within %s", holder, type(exc).__name__, LOCK_LEASE
+        )
 
 
 def reap() -> list[store.Abandoned]:

@@ -195,9 +195,7 @@ class RestateServer:
 
     def kill(self) -> None:
         """Kill -9, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        _kill(self.process)
 
 
 @dataclass
@@ -239,6 +237,12 @@ class SampleService:
 
     def stop(self) -> None:
         _terminate(self.process)
+
+
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
@@ -344,6 +348,10 @@ class PrefectServer:
     def stop(self) -> None:
         _terminate(self.process)
 
+    def kill(self) -> None:
+        """Kill -9, as a crash would (the database stays: ``start`` again restarts it)."""
+        _kill(self.process)
+
 
 def submit_workflow(
     ingress_url: str, key: str, mode: str, *, workflow: str = WORKFLOW, **extra: object
@@ -416,6 +424,10 @@ class OperatorApi:
     def stop(self) -> None:
         # it waits for doctor answers still being recorded (api.DRAIN_RECORDS_SECONDS)
         _terminate(self.process, grace=40.0)
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would."""
+        _kill(self.process)
 
 
 @dataclass
