@@ -2,7 +2,7 @@
 
     RESTATE_ADMIN_URL=... RESTATE_INGRESS_URL=... PREFECT_API_URL=... python deployments/serve.py
 
-The same deployments as prefect.yaml (names, doctor schedule, parameter schemas, concurrency),
+The same deployments as prefect.yaml (names, doctor schedule, parameter schemas),
 built from the runbook registry. Each run imports its flow by module (``flows.doctor``) in a
 process of its own, so it works from any directory where the package is installed.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Schedule
 from prefect.types.entrypoint import EntrypointType
@@ -35,14 +34,12 @@ def deployment(runbook: Runbook) -> RunnerDeployment:
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         return made
+    # No concurrency limit: see prefect.yaml (a paused run would crash at its lease renewal).
     made = runbook.flow().to_deployment(  # type: ignore[assignment]
         name=runbook.deployment,
         tags=["restate-recovery", "write"],
         enforce_parameter_schema=True,
         entrypoint_type=EntrypointType.MODULE_PATH,
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-        ),
     )
     return made
 

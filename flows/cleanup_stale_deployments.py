@@ -15,19 +15,29 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
+from pydantic import Field
 
+from restate_recovery.models import AlertContext
 from restate_recovery.runbooks import CLEANUP_STALE_DEPLOYMENTS, cleanup
 from restate_recovery.schemas import CleanupStaleDeploymentsRequest
-from tasks.runbook import run_write_runbook
+from tasks.runbook import Requested, failed_parameters, run_name, run_write_runbook
 from tasks.writes import clean_stale_deployments
 
 
-@flow(name="cleanup-stale-deployments", flow_run_name="cleanup-stale-deployments/{request.target}")
+@flow(
+    name="cleanup-stale-deployments",
+    flow_run_name=run_name("cleanup-stale-deployments"),
+    on_failure=[failed_parameters],
+)
 async def cleanup_stale_deployments(
     request: CleanupStaleDeploymentsRequest,
-    dry_run: bool = False,
+    operator: str = Field(min_length=1, max_length=255, description="Who runs this (user id)."),
+    reason: str = Field(min_length=1, max_length=2000, description="Why (incident, ticket)."),
+    dry_run: bool = True,
     require_approval: bool = False,
-) -> dict[str, Any]:
+    alert: AlertContext | None = None,
+) -> dict[str, Any] | State:
     """Keep the deployment whose URL matches exactly; drain and delete every other one.
 
     Args:
@@ -36,13 +46,17 @@ async def cleanup_stale_deployments(
             invocations pinned to stale deployments instead of waiting for them to drain (also
             deleting a stale deployment that alone serves a service's latest revision). Use
             forceDrain only for known-dead stale deployments.
-        dry_run: Only plan: list what would be kept, drained, killed and deleted.
-        require_approval: Plan first, then pause until an operator approves in the Prefect UI
-            (used by the automations).
+        operator: Who runs this (your user id); it signs the audit row of a run started here.
+        reason: Why (an incident or ticket): the audit row and the incident record keep it.
+        dry_run: Only plan: nothing is changed. On by default: turn it off to write.
+        require_approval: Plan first, then pause until someone approves in the Prefect UI
+            (set by the automations).
+        alert: The alert behind this run (set by the automations; leave empty).
     """
     return await run_write_runbook(
         CLEANUP_STALE_DEPLOYMENTS,
         request,
+        Requested(operator=operator, reason=reason, alert=alert),
         write=clean_stale_deployments,
         verify=cleanup.verify,
         dry_run=dry_run,

@@ -17,9 +17,10 @@ Prefect event per finding (restate_recovery.doctor.findings) for automations to 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 
 from restate_recovery.doctor.probes import ProbeSet, resolve_endpoints, run_doctor
-from restate_recovery.models import DoctorAnswer, DoctorReadout
+from restate_recovery.models import AlertContext, DoctorAnswer
 from restate_recovery.settings import get_settings
 from tasks import probes
 from tasks.report import report_readout
@@ -33,16 +34,19 @@ PROBE_TASKS = ProbeSet(
 )
 
 
-@flow(name="restate-doctor", flow_run_name="restate-doctor", validate_parameters=False)
-async def doctor() -> DoctorReadout:
-    """Read-only readout of Restate: ingress, admin, deployments, services, invocations."""
+@flow(name="restate-doctor", flow_run_name="restate-doctor")
+async def doctor(alert: AlertContext | None = None) -> State:
+    """Read-only readout of Restate: ingress, admin, deployments, services, invocations.
+
+    Args:
+        alert: The alert that started this run (set by the automation; leave empty).
+    """
     readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
-    await report_readout(readout)
-    return readout
+    return await report_readout(readout, alert)
 
 
 @flow(name="restate-doctor", flow_run_name="restate-doctor")
-async def record_answer(answer: DoctorAnswer) -> DoctorReadout:
+async def record_answer(answer: DoctorAnswer) -> State:
     """A doctor answer the operator API or the CLI already gave, recorded as it was.
 
     Args:
@@ -52,5 +56,4 @@ async def record_answer(answer: DoctorAnswer) -> DoctorReadout:
         "answered by the %s to %s (request %s)", answer.source, answer.actor, answer.request_id
     )
     readout = answer.unwrap()  # an answered error ends this run Failed with its code
-    await report_readout(readout)
-    return readout
+    return await report_readout(readout)

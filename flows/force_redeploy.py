@@ -14,30 +14,46 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
+from pydantic import Field
 
+from restate_recovery.models import AlertContext
 from restate_recovery.runbooks import FORCE_REDEPLOY, redeploy
 from restate_recovery.schemas import ForceRedeployRequest
 from restate_recovery.settings import get_settings
-from tasks.runbook import run_write_runbook
+from tasks.runbook import Requested, failed_parameters, run_name, run_write_runbook
 from tasks.writes import register_deployment
 
 
-@flow(name="force-redeploy", flow_run_name="force-redeploy/{request.target}")
+@flow(
+    name="force-redeploy",
+    flow_run_name=run_name("force-redeploy"),
+    on_failure=[failed_parameters],
+)
 async def force_redeploy(
-    request: ForceRedeployRequest, dry_run: bool = False, require_approval: bool = False
-) -> dict[str, Any]:
+    request: ForceRedeployRequest,
+    operator: str = Field(min_length=1, max_length=255, description="Who runs this (user id)."),
+    reason: str = Field(min_length=1, max_length=2000, description="Why (incident, ticket)."),
+    dry_run: bool = True,
+    require_approval: bool = False,
+    alert: AlertContext | None = None,
+) -> dict[str, Any] | State:
     """Register the live durable workflow service URL with Restate; returns the deployment id.
 
     Args:
         request: The route's body. Credentials in the service URL are never stored: give them
             to the operator API or the CLI, or set RESTATE_SERVICE_URL where the flow runs.
-        dry_run: Only plan: Restate runs discovery against the URL and registers nothing.
-        require_approval: Plan first, then pause until an operator approves in the Prefect UI
-            (used by the automations).
+        operator: Who runs this (your user id); it signs the audit row of a run started here.
+        reason: Why (an incident or ticket): the audit row and the incident record keep it.
+        dry_run: Only plan: nothing is changed. On by default: turn it off to write.
+        require_approval: Plan first, then pause until someone approves in the Prefect UI
+            (set by the automations).
+        alert: The alert behind this run (set by the automations; leave empty).
     """
     return await run_write_runbook(
         FORCE_REDEPLOY,
         request,
+        Requested(operator=operator, reason=reason, alert=alert),
         write=register_deployment,
         verify=redeploy.verify,
         dry_run=dry_run,

@@ -17,32 +17,45 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
+from pydantic import Field
 
+from restate_recovery.models import AlertContext
 from restate_recovery.runbooks import RECOVER_STUCK_WORKFLOW, recover
 from restate_recovery.schemas import RecoverStuckWorkflowRequest
-from tasks.runbook import run_write_runbook
+from tasks.runbook import Requested, failed_parameters, run_name, run_write_runbook
 from tasks.writes import recover_workflow_key
 
 
-@flow(name="recover-stuck-workflow", flow_run_name="recover-stuck-workflow/{request.target}")
+@flow(
+    name="recover-stuck-workflow",
+    flow_run_name=run_name("recover-stuck-workflow"),
+    on_failure=[failed_parameters],
+)
 async def recover_stuck_workflow(
     request: RecoverStuckWorkflowRequest,
-    dry_run: bool = False,
+    operator: str = Field(min_length=1, max_length=255, description="Who runs this (user id)."),
+    reason: str = Field(min_length=1, max_length=2000, description="Why (incident, ticket)."),
+    dry_run: bool = True,
     require_approval: bool = False,
-) -> dict[str, Any]:
-    """Prepare one terminal-failed workflow key for retry: kill, purge, clear its state.
+    alert: AlertContext | None = None,
+) -> dict[str, Any] | State:
+    """Prepare one terminal-failed workflow key for retry: kill, clear its state, purge.
 
     Args:
         request: The route's body: the workflow service name and the exact key of the failed
             invocation (letters, digits, _ and -).
-        dry_run: Only plan: list the invocations that would be killed and purged and the state
-            that would be cleared.
-        require_approval: Plan first, then pause until an operator approves in the Prefect UI
-            (used by the automations).
+        operator: Who runs this (your user id); it signs the audit row of a run started here.
+        reason: Why (an incident or ticket): the audit row and the incident record keep it.
+        dry_run: Only plan: nothing is changed. On by default: turn it off to write.
+        require_approval: Plan first, then pause until someone approves in the Prefect UI
+            (set by the automations).
+        alert: The alert behind this run (set by the automations; leave empty).
     """
     return await run_write_runbook(
         RECOVER_STUCK_WORKFLOW,
         request,
+        Requested(operator=operator, reason=reason, alert=alert),
         write=recover_workflow_key,
         verify=recover.verify,
         dry_run=dry_run,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from restate_recovery.doctor.findings import RUNBOOK_LABEL
+from restate_recovery.doctor.findings import RUNBOOK_LABEL, STATE_LABEL
 from restate_recovery.paths import PREFIX
 from restate_recovery.runbooks import DOCTOR, RUNBOOKS, WRITES, for_finding, runbook
 from tests.support.local_stack import PROJECT_DIR
@@ -28,8 +28,16 @@ def test_each_flow_takes_its_request_model_and_is_named_as_registered() -> None:
         assert flow.name == entry.flow_name
         parameters = inspect.signature(flow.fn).parameters
         if entry.writes:
-            assert list(parameters)[:3] == ["request", "dry_run", "require_approval"]
+            assert list(parameters) == [
+                "request",
+                "operator",
+                "reason",
+                "dry_run",
+                "require_approval",
+                "alert",
+            ]
             assert parameters["request"].annotation in (entry.request, entry.request.__name__)
+            assert parameters["dry_run"].default is True  # a missed toggle plans, never writes
         assert Path(PROJECT_DIR / entry.entrypoint.split(":")[0]).is_file()
 
 
@@ -41,10 +49,11 @@ def test_prefect_yaml_deploys_every_runbook_of_the_registry_and_nothing_else() -
         deployment = deployments[entry.entrypoint]
         assert deployment["name"] == entry.deployment
         assert deployment["enforce_parameter_schema"] is True
-        if entry.writes:
-            assert deployment["concurrency_limit"]["limit"] == 1
-        else:
+        # no deployment concurrency limit: a paused run would lose its slot, then crash
+        assert "concurrency_limit" not in deployment
+        if not entry.writes:
             assert deployment["schedules"][0]["slug"] == "restate-doctor-every-5-minutes"
+    assert len({d["name"] for d in deployments.values()}) == len(RUNBOOKS)  # distinct names
 
 
 def test_the_serve_entrypoint_serves_the_registry() -> None:
@@ -58,7 +67,7 @@ def test_the_serve_entrypoint_serves_the_registry() -> None:
         assert deployment.name == entry.deployment
         assert deployment.entrypoint == f"{entry.module}.{entry.function}"
         assert deployment.enforce_parameter_schema
-        assert (deployment.concurrency_limit is not None) == entry.writes
+        assert deployment.concurrency_limit is None
     assert [s.slug for s in served[DOCTOR.flow_name].schedules or []] == [
         "restate-doctor-every-5-minutes"
     ]
@@ -69,18 +78,24 @@ def test_each_write_runbook_has_the_automation_of_its_finding() -> None:
 
     ids = {entry.name: uuid.uuid4() for entry in RUNBOOKS}
     automations = {a.name: a for a in definitions(ids)}
+    notified = {a.name for a in definitions(ids, webhook_block=uuid.uuid4())}
 
     assert len(automations) == len(WRITES) + 1  # and the alert that runs the doctor
+    assert notified - set(automations) == {"restate-plan-awaiting-approval-notifies"}
     for entry in WRITES:
         assert entry.finding is not None and for_finding(entry.finding) is entry
         automation = automations[automation_name(entry)]
         trigger: Any = automation.trigger
         assert trigger.expect == {entry.finding}
-        assert trigger.match.model_dump() == {RUNBOOK_LABEL: entry.name}
+        assert trigger.match.model_dump() == {RUNBOOK_LABEL: entry.name, STATE_LABEL: "new"}
         (action,) = automation.actions
         assert action.deployment_id == ids[entry.name]  # type: ignore[union-attr]
         assert action.parameters == {  # type: ignore[union-attr]
             "request": "{{ event.payload.request }}",
+            "operator": f"automation:{automation_name(entry)}",
+            "reason": "{{ event.payload.reason }}",
+            "alert": "{{ event.payload.get('alert') }}",
+            "dry_run": False,
             "require_approval": True,
         }
 

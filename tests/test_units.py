@@ -210,11 +210,23 @@ def test_doctor_findings_name_what_they_found() -> None:
     assert terminal.runbook == "recover-stuck-workflow"
     assert terminal.payload["request"] == {"serviceName": "W", "serviceKey": "k1"}
     unregistered = found["restate.doctor.service-url.unregistered"]
-    assert unregistered.payload == {
+    assert unregistered.runbook == "force-redeploy"
+    assert unregistered.payload["request"] == {
         "serviceUrl": "http://REDACTED@live:9080",
-        "runbook": "force-redeploy",
-        "request": {"serviceUrl": "http://REDACTED@live:9080", "force": True},
+        "force": True,
     }
+    assert unregistered.target == "deployments"
+    assert unregistered.state == "new" and unregistered.payload["state"] == "new"
+    assert "pw" not in str(unregistered.payload)
+    assert terminal.target == "workflow:W:k1"
+    assert terminal.payload["reason"] == "doctor: W/k1 failed terminally (at http://REDACTED@h/)"
+    again = {f.event: f for f in doctor_findings(readout, "http://u:pw@live:9080")}
+    assert (
+        again["restate.doctor.workflow.terminal-failed"].payload["fingerprint"]
+        == (
+            terminal.payload["fingerprint"]  # the same finding: the same fingerprint
+        )
+    )
     assert found["restate.doctor.component.unhealthy"].runbook is None
     nothing_to_keep = found["restate.doctor.deployments.multiple"]
     assert nothing_to_keep.payload["keepServiceUrl"] is None and nothing_to_keep.runbook is None

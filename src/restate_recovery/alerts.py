@@ -77,6 +77,15 @@ def alert_events(webhook: AlertmanagerWebhook) -> list[Event]:
                         "annotations": alert.annotations,
                         "startsAt": alert.startsAt,
                         "receiver": webhook.receiver,
+                        # what the doctor run it starts takes as its ``alert`` (AlertContext)
+                        "alert": {
+                            "alertname": alert.labels.get("alertname", ""),
+                            "summary": alert.annotations.get("summary", ""),
+                            "labels": alert.labels,
+                            "startsAt": alert.startsAt,
+                            "fingerprint": fingerprint,
+                            "eventId": str(event_id),
+                        },
                     }
                 ),
             )

@@ -29,6 +29,7 @@ from restate_recovery.errors import (
     error_body,
 )
 from restate_recovery.models import ApiModel
+from restate_recovery.redaction import redact_text
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,15 @@ def check_reason(reason: str | None, *, field: str) -> str | None:
 
 
 def stored_reason(reason: str | None) -> str | None:
-    """What the row of a refused attempt keeps of a reason too long to keep whole."""
-    if not reason or len(reason) <= MAX_REASON:
-        return reason or None
+    """What an attempt keeps of a reason (its row, its Prefect run's parameters): redacted, and
+    cut (and marked) where redaction or an over-long text went past ``MAX_REASON``."""
+    if not reason:
+        return None
+    kept = redact_text(reason)
+    if len(kept) <= MAX_REASON:
+        return kept
     marker = " [truncated]"
-    return reason[: MAX_REASON - len(marker)] + marker
+    return kept[: MAX_REASON - len(marker)] + marker
 
 
 @dataclass(frozen=True)

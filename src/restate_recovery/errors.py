@@ -12,6 +12,7 @@
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
         ├── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
+        ├── PlanPendingError           RESTATE_RECOVERY_PLAN_PENDING  (409, a plan already waits)
         ├── UnauthenticatedError       UNAUTHENTICATED                (HTTP 401, no live API key)
         ├── ForbiddenError             FORBIDDEN                      (HTTP 403, no system:operate)
         ├── PrefectUnavailableError    PREFECT_UNAVAILABLE            (HTTP 503, Prefect down)
@@ -176,6 +177,14 @@ class ApprovalRejectedError(OperatorError):
     http_status = 409
 
 
+class PlanPendingError(OperatorError):
+    """An approval-gated run found another plan for its target waiting (or the target quiet
+    after a rejection): it ends without pausing beside it."""
+
+    code = "RESTATE_RECOVERY_PLAN_PENDING"
+    http_status = 409
+
+
 class UnauthenticatedError(OperatorError):
     """No API key, or one that is unknown or revoked."""
 
@@ -222,6 +231,7 @@ _SIMPLE: dict[str, type[OperatorError]] = {
         DeploymentNotFoundError,
         RecoveryInProgressError,
         ApprovalRejectedError,
+        PlanPendingError,
         UnauthenticatedError,
         ForbiddenError,
         PrefectUnavailableError,

@@ -143,7 +143,12 @@ async def run_runbook(
         try:
             state = await run_flow(
                 runbook.flow(),
-                {"request": request, "dry_run": dry_run},
+                {
+                    "request": request,
+                    "operator": attempt.actor,
+                    "reason": attempt.reason or "(no reason given)",
+                    "dry_run": dry_run,
+                },
                 executor=executor,
                 tags=attempt_tags(attempt_id),
                 context=run,

@@ -6,7 +6,8 @@ API sweeps at start-up and every ``leases.REAP_SECONDS``.
 - their Prefect runs, still Running or Pending, are marked Crashed;
 - so is any run of an attempt this tool made in-process (tag ``AUDITED``) whose audit row is
   finished while Prefect still shows it unfinished (Prefect went away before the run's end was
-  recorded: the row says what happened).
+  recorded: the row says what happened);
+- plans waiting for approval in runs that ended without a decision free their targets.
 """
 
 from __future__ import annotations
@@ -92,6 +93,33 @@ async def _crash_runs(closed: list[store.Abandoned]) -> None:
         for run_id, why in crash.items():
             await client.set_flow_run_state(run_id, Crashed(message=why), force=True)
             logger.warning("flow run %s marked Crashed: %s", run_id, why)
+        await _forget_dead_plans(client)
+
+
+async def _forget_dead_plans(client: Any) -> None:
+    """Plans waiting for approval in runs that ended without a decision (crashed, cancelled
+    from the UI): their targets are free for a new plan."""
+    from uuid import UUID
+
+    awaiting = await asyncio.to_thread(_awaiting_plans)
+    dead = []
+    for flow_run_id in awaiting:
+        run = await client.read_flow_run(UUID(flow_run_id))
+        if run.state is not None and run.state.is_final():
+            dead.append(flow_run_id)
+    if dead:
+        await asyncio.to_thread(_drop_plans, dead)
+        logger.warning("forgot the pending plans of ended runs %s", dead)
+
+
+def _awaiting_plans() -> list[str]:
+    with Session(store.engine()) as session:
+        return [p.flow_run_id for p in store.plans(session=session) if p.state == "awaiting"]
+
+
+def _drop_plans(flow_run_ids: list[str]) -> None:
+    with Session(store.engine()) as session:
+        store.drop_plans(session=session, flow_run_ids=flow_run_ids)
 
 
 def _row(attempt_id: int) -> store.OperationAudit | None:

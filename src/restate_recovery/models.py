@@ -107,6 +107,26 @@ class DoctorReadout(ApiModel):
     invocations: InvocationsReadout
 
 
+class AlertContext(BaseModel):
+    """The alert that started a doctor run (and, through its findings, the runbook runs it led
+    to): what a person needs to see in the run and the record. Redacted when it was received."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    alertname: str = Field(default="", max_length=255, description="The alert's name.")
+    summary: str = Field(default="", max_length=2000, description="Its summary annotation.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Its labels.")
+    startsAt: str = Field(default="", max_length=64)  # noqa: N815 - Alertmanager's name
+    fingerprint: str = Field(default="", max_length=128)
+    eventId: str = Field(default="", max_length=64, description="The Prefect event it became.")  # noqa: N815
+
+    def line(self) -> str:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        return f"alert {self.alertname or self.fingerprint}: {self.summary or '(no summary)'}" + (
+            f" [{labels}]" if labels else ""
+        )
+
+
 class DoctorAnswer(BaseModel):
     """A doctor outcome the operator API or the CLI has already answered with: the readout, or
     the error body of an unusable admin URL. It is recorded as it is (the ``restate-doctor``

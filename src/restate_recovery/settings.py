@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     recovery_approval_timeout_seconds: int = Field(
         default=3600, gt=0, le=7 * 86400, description="How long a write waits for approval"
     )
+    recovery_rejection_quiet_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 86400,
+        description="After a rejection, how long findings for that target start no new plan "
+        "(unless a new alert comes)",
+    )
     recovery_auto_approve_redeploy: bool = Field(
         default=False,
         description="Auto-approve force-redeploy of RESTATE_SERVICE_URL (and only that URL)",

@@ -293,6 +293,115 @@ def locks(*, session: Session) -> list[RecoveryLock]:
     return list(session.exec(select(RecoveryLock)))
 
 
+# --- pending plans ------------------------------------------------------------------------------
+
+
+class PendingPlan(SQLModel, table=True):
+    """The one plan of a target that waits for approval (``awaiting``), or the last one a person
+    rejected (``rejected``: the target is quiet until ``quiet_until``)."""
+
+    __tablename__ = "pending_plan"
+
+    target: str = Field(primary_key=True, max_length=255)
+    runbook: str = Field(max_length=64)
+    flow_run_id: str = Field(max_length=64)
+    fingerprint: str | None = Field(default=None, max_length=64)
+    state: str = Field(max_length=16)
+    created_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    decided_at: datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True)
+    )
+    decided_by: str | None = Field(default=None, max_length=255)
+    quiet_until: datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True)
+    )
+
+
+def aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite drops the zone: all stored is UTC
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def plans(*, session: Session) -> list[PendingPlan]:
+    return list(session.exec(select(PendingPlan)))
+
+
+def plan_of(*, session: Session, target: str) -> PendingPlan | None:
+    plan = session.get(PendingPlan, target)
+    if plan is not None:
+        session.expunge(plan)
+        plan.created_at = aware(plan.created_at) or plan.created_at
+        plan.quiet_until = aware(plan.quiet_until)
+    return plan
+
+
+def take_plan(*, session: Session, plan: PendingPlan, replacing: PendingPlan | None) -> bool:
+    """Make ``plan`` the target's pending plan: a new row, or in place of ``replacing`` (only if
+    that is still the row: compare-and-swap). False when another run took it first."""
+    table: sa.Table = PendingPlan.__table__  # type: ignore[attr-defined]
+    values = plan.model_dump()
+    try:
+        if replacing is None:
+            session.execute(sa.insert(table).values(**values))
+        else:
+            result = session.execute(
+                sa.update(table)
+                .where(table.c.target == plan.target)
+                .where(table.c.flow_run_id == replacing.flow_run_id)
+                .where(table.c.state == replacing.state)
+                .values(**values)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
+        session.commit()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+def decide_plan(
+    *,
+    session: Session,
+    target: str,
+    flow_run_id: str,
+    rejected_by: str | None = None,
+    quiet_until: datetime | None = None,
+) -> None:
+    """The run's plan is decided: rejected (the target stays quiet until ``quiet_until``), or
+    approved, timed out or ended (its row goes)."""
+    table: sa.Table = PendingPlan.__table__  # type: ignore[attr-defined]
+    owned = (table.c.target == target) & (table.c.flow_run_id == flow_run_id)
+    if rejected_by is None:
+        session.execute(sa.delete(table).where(owned))
+    else:
+        session.execute(
+            sa.update(table)
+            .where(owned)
+            .values(
+                state="rejected",
+                decided_at=utcnow(),
+                decided_by=rejected_by,
+                quiet_until=quiet_until,
+            )
+        )
+    session.commit()
+
+
+def drop_plans(*, session: Session, flow_run_ids: list[str]) -> int:
+    """Forget the pending plans of runs that ended without a decision (crashed, cancelled)."""
+    table: sa.Table = PendingPlan.__table__  # type: ignore[attr-defined]
+    result = session.execute(
+        sa.delete(table)
+        .where(table.c.flow_run_id.in_(flow_run_ids))
+        .where(table.c.state == "awaiting")
+    )
+    session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 # --- API keys ---------------------------------------------------------------------------------
 
 
@@ -443,7 +552,7 @@ def engine_for(url: str) -> Engine:
 
 
 # The newest migration in migrations/versions (a unit test holds this to Alembic's own head).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def at_head(url: str) -> bool:

@@ -36,3 +36,41 @@ def artifacts_of(prefect_api_url: str, flow_run_id: str) -> list[dict[str, Any]]
     response.raise_for_status()
     result: list[dict[str, Any]] = response.json()
     return result
+
+
+class Receiver:
+    """A local HTTP endpoint that keeps every JSON body posted to it (a webhook's receiver)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                try:
+                    received.append(json.loads(body or b"{}"))
+                except ValueError:
+                    received.append({"raw": body.decode(errors="replace")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/approvals"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -270,6 +270,8 @@ def prefect_env(home: Path, database_path: Path) -> dict[str, str]:
             "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
                 "prefect.server.concurrency.lease_storage.filesystem"
             ),
+            # Prefect's shortest deployment lease: a run that lost its slot shows it fast
+            "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": "30",
         }
     )
     env.pop("PREFECT_API_URL", None)

@@ -12,24 +12,33 @@ not registered | force-redeploy |
 | ``restate.doctor.deployments.multiple`` (``restate.deployments``) | more than one deployment | \
 cleanup-stale-deployments |
 
-A finding that maps to a runbook names it in its resource (label ``restate.runbook``, what the
-automations match on) and carries it in its payload: ``runbook`` (the route) and ``request`` (the
-route's body, ready to run). Everything in a payload is redacted: events are
-stored by Prefect (a credentialed URL is matched by its redacted form where the runbook runs).
+A finding that maps to a runbook (an *actionable* one) names it in its resource (label
+``restate.runbook``) and carries, in its payload: ``runbook``, ``request`` (the route's body, ready
+to run), ``target`` (what the runbook's lock guards: ``workflow:<service>:<key>`` or
+``deployments``), ``fingerprint`` (the same finding twice has the same one: "same as before"),
+``reason`` (a line for the run's audit row) and, once the doctor knows it, ``state`` (label
+``restate.finding.state``): ``new``, or ``pending`` while a plan for the target waits for
+approval, or ``quiet`` after a rejection (``restate_recovery.plans``). The automations start a
+runbook only for ``new`` ones. Everything in a payload is redacted: events are stored by Prefect.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from restate_recovery.models import DoctorReadout
+from restate_recovery.models import AlertContext, DoctorReadout
 from restate_recovery.redaction import redact_text
+from restate_recovery.runbooks import runbook as runbook_named
 
 UNHEALTHY = "restate.doctor.component.unhealthy"
 TERMINAL_FAILED = "restate.doctor.workflow.terminal-failed"
 UNREGISTERED = "restate.doctor.service-url.unregistered"
 MULTIPLE_DEPLOYMENTS = "restate.doctor.deployments.multiple"
+
+RUNBOOK_LABEL = "restate.runbook"
+STATE_LABEL = "restate.finding.state"
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,47 @@ class Finding:
     def runbook(self) -> str | None:
         return self.resource.get(RUNBOOK_LABEL)
 
+    @property
+    def target(self) -> str | None:
+        target = self.payload.get("target")
+        return target if isinstance(target, str) else None
 
-RUNBOOK_LABEL = "restate.runbook"
+    @property
+    def state(self) -> str | None:
+        return self.resource.get(STATE_LABEL)
+
+    def line(self) -> str:
+        """One line for a person: what it found and what to run."""
+        if self.runbook is None:
+            return f"{self.event}: {self.payload.get('error') or self.payload.get('status')}"
+        state = f" ({self.state})" if self.state and self.state != "new" else ""
+        return f"{self.runbook} {self.payload['request']}{state}: {self.payload['reason']}"
 
 
-def _runs(runbook: str, request: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """The resource label and payload fields of a finding that maps to a runbook."""
-    return {RUNBOOK_LABEL: runbook}, {"runbook": runbook, "request": request}
+def _actionable(
+    event: str,
+    resource: dict[str, str],
+    runbook: str,
+    request: dict[str, Any],
+    identity: str,
+    reason: str,
+    **payload: Any,
+) -> Finding:
+    target = runbook_named(runbook).target_of(request)
+    fingerprint = hashlib.sha256(f"{event}|{target}|{identity}".encode()).hexdigest()[:16]
+    return Finding(
+        event=event,
+        resource={**resource, RUNBOOK_LABEL: runbook, STATE_LABEL: "new"},
+        payload={
+            **payload,
+            "runbook": runbook,
+            "request": request,
+            "target": target,
+            "fingerprint": fingerprint,
+            "reason": redact_text(reason),
+            "state": "new",
+        },
+    )
 
 
 def _registered_form(url: str) -> str:
@@ -82,55 +125,76 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
         if key in seen:
             continue
         seen.add(key)
-        label, runs = _runs("recover-stuck-workflow", {"serviceName": key[0], "serviceKey": key[1]})
+        error = redact_text(failure.error_message or "")
         findings.append(
-            Finding(
-                event=TERMINAL_FAILED,
-                resource={
+            _actionable(
+                TERMINAL_FAILED,
+                {
                     "prefect.resource.id": f"restate.workflow.{key[0]}.{key[1]}",
                     "restate.service-name": key[0],
                     "restate.service-key": key[1],
-                    **label,
                 },
-                payload={
-                    "serviceName": key[0],
-                    "serviceKey": key[1],
-                    "invocationId": failure.id,
-                    "failedAt": failure.failed_at,
-                    "errorMessage": redact_text(failure.error_message or ""),
-                    **runs,
-                },
+                "recover-stuck-workflow",
+                {"serviceName": key[0], "serviceKey": key[1]},
+                identity=f"{failure.id}|{failure.failed_at}",
+                reason=f"doctor: {key[0]}/{key[1]} failed terminally ({error or 'no message'})",
+                serviceName=key[0],
+                serviceKey=key[1],
+                invocationId=failure.id,
+                failedAt=failure.failed_at,
+                errorMessage=error,
             )
         )
     registered = [_registered_form(d.service_url) for d in readout.deployments.items]
     wanted = _registered_form(service_url) if service_url else None
     if readout.deployments.status == "ok" and service_url and wanted not in registered:
         url = redact_text(service_url)
-        label, runs = _runs("force-redeploy", {"serviceUrl": url, "force": True})
         findings.append(
-            Finding(
-                event=UNREGISTERED,
-                resource={"prefect.resource.id": "restate.service-url", **label},
-                payload={"serviceUrl": url, **runs},
+            _actionable(
+                UNREGISTERED,
+                {"prefect.resource.id": "restate.service-url"},
+                "force-redeploy",
+                {"serviceUrl": url, "force": True},
+                identity=url,
+                reason=f"doctor: RESTATE_SERVICE_URL {url} is not registered",
+                serviceUrl=url,
             )
         )
     if readout.deployments.status == "ok" and len(registered) > 1:
         keep = wanted if wanted in registered else None
-        label, runs = {}, {}
-        if keep is not None:  # without the live URL registered there is nothing safe to keep
-            label, runs = _runs(
-                "cleanup-stale-deployments", {"serviceUrl": keep, "forceDrain": False}
+        ids = [d.id for d in readout.deployments.items]
+        resource = {"prefect.resource.id": "restate.deployments"}
+        payload = {"count": len(registered), "deploymentIds": ids, "keepServiceUrl": keep}
+        if keep is None:  # without the live URL registered there is nothing safe to keep
+            findings.append(Finding(event=MULTIPLE_DEPLOYMENTS, resource=resource, payload=payload))
+        else:
+            findings.append(
+                _actionable(
+                    MULTIPLE_DEPLOYMENTS,
+                    resource,
+                    "cleanup-stale-deployments",
+                    {"serviceUrl": keep, "forceDrain": False},
+                    identity=",".join(sorted(ids)),
+                    reason=f"doctor: {len(ids)} deployments registered; {keep} is the live one",
+                    **payload,
+                )
             )
-        findings.append(
-            Finding(
-                event=MULTIPLE_DEPLOYMENTS,
-                resource={"prefect.resource.id": "restate.deployments", **label},
-                payload={
-                    "count": len(registered),
-                    "deploymentIds": [d.id for d in readout.deployments.items],
-                    "keepServiceUrl": keep,
-                    **runs,
-                },
-            )
-        )
     return findings
+
+
+def in_context(
+    findings: list[Finding], states: dict[str, str], alert: AlertContext | None
+) -> list[Finding]:
+    """The findings with each actionable one's state (by target) and the alert that started the
+    doctor, if one did (its runs show it)."""
+    placed = []
+    for finding in findings:
+        if finding.target is None:
+            placed.append(finding)
+            continue
+        state = states.get(finding.target, "new")
+        payload = {**finding.payload, "state": state}
+        payload["alert"] = alert.model_dump() if alert is not None else None
+        resource = {**finding.resource, STATE_LABEL: state}
+        placed.append(replace(finding, resource=resource, payload=payload))
+    return placed

@@ -5,10 +5,15 @@ Everything rendered here may be stored by Prefect, so it is redacted.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from restate_recovery.models import DoctorReadout
+from restate_recovery.models import AlertContext, DoctorReadout
 from restate_recovery.redaction import redact_text
+
+if TYPE_CHECKING:
+    from restate_recovery.doctor.findings import Finding
 
 ARTIFACT_KEY = "restate-doctor"
 ARTIFACT_DESCRIPTION = "Restate doctor readout"
@@ -18,10 +23,26 @@ def unhealthy_components(readout: DoctorReadout) -> list[str]:
     return [name for name, part in readout if getattr(part, "status", "ok") != "ok"]
 
 
-def verdict(readout: DoctorReadout) -> str:
-    """One line for the run's log: ``all ok`` or ``not ok: <components>``."""
+def verdict(readout: DoctorReadout, findings: Sequence[Finding] = ()) -> str:
+    """One line for the run (its log line and state message): ``all ok`` only when every
+    component is ok and nothing maps to a runbook; else ``not ok: <components>`` and/or
+    ``needs attention: <runbook> <target>`` (with its state when a plan already waits or the
+    target is quiet)."""
+    parts = []
     not_ok = unhealthy_components(readout)
-    return "not ok: " + ", ".join(not_ok) if not_ok else "all ok"
+    if not_ok:
+        parts.append("not ok: " + ", ".join(not_ok))
+    actionable = [f for f in findings if f.runbook]
+    if actionable:
+        parts.append(
+            "needs attention: "
+            + "; ".join(
+                f"{f.runbook} {f.target}"
+                + (f" ({f.state})" if f.state not in (None, "new") else "")
+                for f in actionable
+            )
+        )
+    return "; ".join(parts) or "all ok"
 
 
 def cell(value: Any) -> str:
@@ -30,11 +51,37 @@ def cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def readout_markdown(readout: DoctorReadout) -> str:
-    """The readout as markdown tables (the Prefect artifact)."""
+def findings_markdown(findings: Sequence[Finding]) -> list[str]:
+    """What the doctor found that a runbook fixes, with the exact parameters to run it with."""
+    actionable = [f for f in findings if f.runbook]
+    if not actionable:
+        return []
     lines = [
-        "# Restate doctor",
+        "## Needs attention",
         "",
+        "| runbook | parameters | state | why |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f.runbook} | `{cell(json.dumps(f.payload['request']))}` | {cell(f.state)} "
+        f"| {cell(f.payload.get('reason'))} |"
+        for f in actionable
+    ]
+    return [*lines, ""]
+
+
+def readout_markdown(
+    readout: DoctorReadout,
+    findings: Sequence[Finding] = (),
+    alert: AlertContext | None = None,
+) -> str:
+    """The readout as markdown tables (the Prefect artifact): the verdict, the alert that started
+    this doctor (if one did), what needs attention, then each component."""
+    lines = [f"# Restate doctor: {verdict(readout, findings)}", ""]
+    if alert is not None:
+        lines += [f"Started by {cell(alert.line())}", ""]
+    lines += findings_markdown(findings)
+    lines += [
         "| component | status | latency ms | detail |",
         "|---|---|---|---|",
         f"| ingress | {readout.ingress.status} | {cell(readout.ingress.latency_ms)} | |",

@@ -83,6 +83,13 @@ class Runbook:
         fields = type(request).model_fields
         return self.lock.format(**{name: getattr(request, name) for name in fields})
 
+    def target_of(self, body: dict[str, Any]) -> str:
+        """The same target, from a route's body as it is on the wire (camelCase)."""
+        if self.lock is None:
+            raise ValueError(f"{self.name} does not write")
+        fields = self.request.model_fields
+        return self.lock.format(**{n: body.get(f.alias or n) for n, f in fields.items()})
+
 
 DOCTOR = Runbook(
     name="doctor",
@@ -102,7 +109,7 @@ FORCE_REDEPLOY = Runbook(
     response=Redeployed,
     module="flows.force_redeploy",
     function="force_redeploy",
-    deployment="manual",
+    deployment="register",
     lock="deployments",
     finding="restate.doctor.service-url.unregistered",
 )
@@ -114,7 +121,7 @@ CLEANUP_STALE_DEPLOYMENTS = Runbook(
     response=Acknowledged,
     module="flows.cleanup_stale_deployments",
     function="cleanup_stale_deployments",
-    deployment="manual",
+    deployment="cleanup",
     lock="deployments",
     finding="restate.doctor.deployments.multiple",
 )
@@ -126,7 +133,7 @@ RECOVER_STUCK_WORKFLOW = Runbook(
     response=Acknowledged,
     module="flows.recover_stuck_workflow",
     function="recover_stuck_workflow",
-    deployment="manual",
+    deployment="recover",
     lock="workflow:{service_name}:{service_key}",
     finding="restate.doctor.workflow.terminal-failed",
 )
