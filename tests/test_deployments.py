@@ -159,6 +159,38 @@ async def test_cleanup_never_kills_work_on_a_stale_deployment_only_restate_can_r
     httpx.patch(f"{fresh_env.admin_url}/invocations/{pinned}/kill", timeout=10)
 
 
+async def test_cleanup_never_kills_work_on_a_stale_deployment_whose_proxy_answers_504(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    """Restate's discovery of the stale deployment gets an HTTP answer (a proxy's 504): it reached
+    something, so the pinned work is waited on and left, never killed."""
+    gateway = FaultProxy(
+        second_service.url, rules={("GET", "/discover"): Fault(status=504, times=None)}
+    )
+    with running(gateway):
+        del gateway.rules[("GET", "/discover")]  # registration needs a real discovery
+        response = httpx.post(
+            f"{fresh_env.admin_url}/deployments",
+            json={"uri": gateway.url, "force": True, "use_http_11": True},
+            timeout=30,
+        )
+        stale_id = response.json()["id"]
+        pinned = submit_workflow(fresh_env.ingress_url, "behind_504", "sleep", seconds=600)
+        wait_for_status(fresh_env.admin_url, pinned, "suspended")
+        gateway.rules[("GET", "/discover")] = Fault(
+            status=504, body=b"upstream request timeout", content_type="text/plain"
+        )
+
+        result = await run_flow(
+            "cleanup-stale-deployments", service_url=fresh_env.service_url + "/"
+        )
+
+    assert result == {"acknowledged": True}
+    assert stale_id in deployments(fresh_env.admin_url)
+    assert query_status(fresh_env.admin_url, pinned) == "suspended"  # not killed
+    httpx.patch(f"{fresh_env.admin_url}/invocations/{pinned}/kill", timeout=10)
+
+
 async def test_cleanup_waits_for_a_reachable_stale_deployment_then_leaves_it(
     prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
 ) -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from restate_recovery.client import RestateAdminClient
-from restate_recovery.errors import AdminUnreachableError, RetryBlockedError
+from restate_recovery.errors import AdminUnreachableError, RestateRejected, RetryBlockedError
 from restate_recovery.runbooks import cleanup, recover
 from restate_recovery.schemas import CleanupStaleDeploymentsRequest, RecoverStuckWorkflowRequest
 
@@ -185,3 +185,31 @@ async def test_state_that_changed_under_a_new_run_is_left_to_it(
 
     assert versions == [recover.state_version([{"key": "m", "value": "226d22"}])]
     assert (info.value.reason, info.value.invocation_ids) == ("active-invocation", ["inv_9z"])
+
+
+@pytest.mark.parametrize(
+    ("message", "unreachable"),
+    [
+        (  # what Restate 1.7.12 answered for a closed port
+            "[META0003] [META0003] error when calling 'http://127.0.0.1:1/': h2 pool connection "
+            "error: Connection refused (os error 111)",
+            True,
+        ),
+        (  # and for a live service behind a proxy that answered 504
+            "[META0003] [META0003] bad status code when calling 'http://127.0.0.1:9/discover': "
+            "got status code '504 Gateway Timeout'. Body: upstream request timeout",
+            False,
+        ),
+        (
+            "[META0003] error when calling 'http://x/': got status code '500': connection reset",
+            False,
+        ),
+        ("[META0014] server possibly supports only HTTP1.1", False),
+    ],
+)
+def test_only_a_discovery_that_could_not_connect_counts_as_unreachable(
+    message: str, unreachable: bool
+) -> None:
+    code = message.split("]")[0].lstrip("[")
+    exc = RestateRejected(message, "POST", "/deployments", 500, code)
+    assert cleanup.unreachable_from_restate(exc) is unreachable

@@ -344,8 +344,9 @@ async def send(
             raise RestateUnreachable(_transport_message(exc), method, path) from exc
     if response.status_code >= 400:
         message, restate_code = _error_message(response)
-        logger.info("%s %s -> %s %s", method, path, response.status_code, message)
-        raise RestateRejected(message, method, path, response.status_code, restate_code)
+        rejected = RestateRejected(message, method, path, response.status_code, restate_code)
+        logger.info("%s", rejected)  # redacted: Restate quotes the URL it called, credentials too
+        raise rejected
     return response
 
 

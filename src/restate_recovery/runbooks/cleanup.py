@@ -183,18 +183,28 @@ async def plan_cleanup(
     return build_plan(deployments=deployments, services=services, pinned_rows=rows, request=request)
 
 
-# What Restate says when its discovery could not open a connection to the service at all.
+# What Restate says (META0003) when its discovery could not open a connection to the service at
+# all. An HTTP answer, even a 504 from a proxy ("got status code"), means it reached something.
 CONNECTION_FAILURES = (
     "connection refused",
-    "connection error",
-    "connection reset",
+    "tcp connect error",
+    "h2 pool connection error",
+    "unable to reach the remote endpoint",
     "dns error",
-    "failed to lookup",
+    "failed to lookup address",
     "no route to host",
     "network is unreachable",
-    "timed out",
-    "timeout",
 )
+
+
+def unreachable_from_restate(exc: RestateRejected) -> bool:
+    """Whether Restate's failed discovery says it could not connect at all (pure)."""
+    reason = exc.message.lower()
+    return (
+        exc.restate_code == "META0003"
+        and "got status code" not in reason
+        and any(failure in reason for failure in CONNECTION_FAILURES)
+    )
 
 
 async def restate_reaches(
@@ -213,10 +223,7 @@ async def restate_reaches(
             timeout=timeout,
         )
     except RestateRejected as exc:
-        reason = exc.message.lower()
-        return not (
-            exc.restate_code == "META0003" and any(f in reason for f in CONNECTION_FAILURES)
-        )
+        return not unreachable_from_restate(exc)
     return True
 
 
