@@ -41,6 +41,13 @@ def deployments(admin_url: str) -> dict[str, str]:
     return {d["id"]: d["uri"] for d in body["deployments"]}
 
 
+def make_kept_latest(env: RestateStack) -> None:
+    """Register the kept URL again, as an operator does before a cleanup: it then holds the
+    latest revision of its services, and the stale deployment holds none (only work pinned to
+    it). A stale deployment holding a latest revision is never deleted without forceDrain."""
+    assert env.server.register(env.service_url + "/") == env.deployment_id
+
+
 @pytest.fixture
 def fresh_env(settings_env: pytest.MonkeyPatch, fresh_restate: RestateStack) -> RestateStack:
     settings_env.setenv("RESTATE_ADMIN_URL", fresh_restate.admin_url)
@@ -100,6 +107,7 @@ async def test_cleanup_deletes_the_dead_stale_deployment_and_keeps_the_live_one(
     prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
 ) -> None:
     stale_id = fresh_env.server.register(second_service.url)
+    make_kept_latest(fresh_env)
     second_service.stop()  # the stale deployment's service is dead
     live_url = fresh_env.service_url + "/"
 
@@ -118,6 +126,7 @@ async def test_cleanup_kills_work_pinned_to_an_unreachable_stale_deployment(
     stale_id = fresh_env.server.register(second_service.url)  # now the latest: new runs pin to it
     pinned = submit_workflow(fresh_env.ingress_url, "pinned_1", "sleep", seconds=600)
     wait_for_status(fresh_env.admin_url, pinned, "running")
+    make_kept_latest(fresh_env)
     second_service.stop()
 
     result = await run_flow("cleanup-stale-deployments", service_url=fresh_env.service_url + "/")
@@ -144,6 +153,7 @@ async def test_cleanup_never_kills_work_on_a_stale_deployment_only_restate_can_r
         stale_id = response.json()["id"]  # now the latest: new runs pin to it
         pinned = submit_workflow(fresh_env.ingress_url, "behind_policy", "sleep", seconds=600)
         wait_for_status(fresh_env.admin_url, pinned, "suspended")
+        make_kept_latest(fresh_env)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{policy.url}/discover", timeout=5)  # this host is not let through
 
@@ -177,6 +187,7 @@ async def test_cleanup_never_kills_work_on_a_stale_deployment_whose_proxy_answer
         stale_id = response.json()["id"]
         pinned = submit_workflow(fresh_env.ingress_url, "behind_504", "sleep", seconds=600)
         wait_for_status(fresh_env.admin_url, pinned, "suspended")
+        make_kept_latest(fresh_env)
         gateway.rules[("GET", "/discover")] = Fault(
             status=504, body=b"upstream request timeout", content_type="text/plain"
         )
@@ -197,6 +208,7 @@ async def test_cleanup_waits_for_a_reachable_stale_deployment_then_leaves_it(
     stale_id = fresh_env.server.register(second_service.url)
     pinned = submit_workflow(fresh_env.ingress_url, "pinned_2", "sleep", seconds=600)
     wait_for_status(fresh_env.admin_url, pinned, "running")
+    make_kept_latest(fresh_env)
 
     result = await run_flow(
         "cleanup-stale-deployments", service_url=fresh_env.service_url + "/"
@@ -233,6 +245,7 @@ async def test_cleanup_dry_run_changes_nothing(
     prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
 ) -> None:
     stale_id = fresh_env.server.register(second_service.url)
+    make_kept_latest(fresh_env)
     before = deployments(fresh_env.admin_url)
 
     result = await run_flow(
@@ -243,6 +256,55 @@ async def test_cleanup_dry_run_changes_nothing(
     assert ("delete", stale_id) in [(s["action"], s["target"]) for s in result["plan"]]
     assert ("keep", fresh_env.deployment_id) in [(s["action"], s["target"]) for s in result["plan"]]
     assert deployments(fresh_env.admin_url) == before
+
+
+async def test_cleanup_never_rolls_a_service_back_by_deleting_its_latest_revision(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    """The stale deployment was registered after the kept one: it holds the latest revision of
+    the services, and deleting it would send their new runs back to the kept, older revision.
+    It is left (the plan says why) until forceDrain, or until the kept URL is registered again."""
+    stale_id = fresh_env.server.register(second_service.url)
+    keep = fresh_env.service_url + "/"
+
+    planned = await run_flow("cleanup-stale-deployments", service_url=keep, dry_run=True)
+    result = await run_flow("cleanup-stale-deployments", service_url=keep)
+
+    (skip,) = [s for s in planned["plan"] if s["target"] == stale_id]
+    assert skip["action"] == "skip" and "latest revision of" in skip["detail"]
+    assert "IdentityRecoveryWorkflow" in skip["detail"]
+    assert result == {"acknowledged": True}
+    assert stale_id in deployments(fresh_env.admin_url)
+    services = httpx.get(f"{fresh_env.admin_url}/services", timeout=10).json()["services"]
+    assert {s["deployment_id"] for s in services} == {stale_id}  # nothing rolled back
+
+    make_kept_latest(fresh_env)
+    assert await run_flow("cleanup-stale-deployments", service_url=keep) == {"acknowledged": True}
+    assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: keep}
+
+
+def test_cleanup_spares_a_deployment_holding_a_latest_revision() -> None:
+    """Plan only: a stale deployment holding the latest revision of a service is skipped unless
+    forceDrain, whether or not the kept one serves that service too."""
+    from restate_recovery.models import Deployment, ServiceInfo, ServiceRevision
+    from restate_recovery.runbooks.cleanup import build_plan
+    from restate_recovery.schemas import CleanupStaleDeploymentsRequest
+
+    keep = Deployment(id="dp_keep", uri="http://a/", services=[ServiceRevision(name="A")])
+    newer = Deployment(id="dp_newer", uri="http://b/", services=[ServiceRevision(name="A")])
+    older = Deployment(id="dp_older", uri="http://c/", services=[ServiceRevision(name="A")])
+    services = [ServiceInfo(name="A", deployment_id="dp_newer")]
+    for force_drain, expected in ((False, "skip"), (True, "delete")):
+        plan = build_plan(
+            deployments=[keep, newer, older],
+            services=services,
+            pinned_rows=[],
+            request=CleanupStaleDeploymentsRequest(
+                service_url="http://a/", force_drain=force_drain
+            ),
+        )
+        steps = {s.target: s.action for s in plan.steps()}
+        assert steps == {"dp_keep": "keep", "dp_newer": expected, "dp_older": "delete"}
 
 
 def test_cleanup_spares_the_only_deployment_of_a_service_the_kept_one_lacks() -> None:
@@ -296,6 +358,7 @@ async def test_a_cleanup_racing_a_registration_never_interleaves(
         json={"uri": f"{second_service.url}/stale/", "force": True},
         timeout=30,
     ).json()["id"]
+    make_kept_latest(fresh_env)
     deleting = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -192,6 +192,7 @@ async def test_restate_killed_during_a_cleanup_is_not_reported_as_success(
     other = SampleService(tmp_path / "other").start()
     try:
         stale_id = fresh_restate.server.register(other.url)
+        fresh_restate.server.register(fresh_restate.service_url + "/")  # the kept one is latest
     finally:
         other.stop()
     keep = fresh_restate.service_url + "/"

@@ -15,8 +15,12 @@ own network position (a network policy may let only Restate reach the service): 
 discovery of the deployment's URL (a ``dry_run`` registration: nothing is registered), and only a
 connection failure of that discovery counts as unreachable; any HTTP answer (even a refusal) and a
 Lambda deployment count as reachable.
-- the only deployment serving the latest revision of a service the kept one does not serve ->
-  left alone unless ``forceDrain``.
+
+A stale deployment that holds the latest revision of any service (Restate's ``deployment_id`` of
+that service) is *active*: deleting it would send that service's new invocations to an older
+revision (Restate falls back to the previous one) or leave it with none. It is left alone unless
+``forceDrain``; to keep a URL registered before it, register that URL again first
+(force-redeploy: it then holds the latest revision) and clean up after.
 
 Per-deployment failures are logged and reported; they do not change the response.
 """
@@ -58,13 +62,13 @@ class StaleDeployment:
     id: str
     service_url: str  # as registered (may carry credentials: redact before showing it)
     pinned: list[str]
-    sole_latest_for: list[str]  # services only this deployment serves at their latest revision
+    latest_for: list[str]  # services whose latest revision this deployment holds
     pinned_statuses: dict[str, str] = field(default_factory=dict)  # invocation id -> status
     http_11: bool = False  # registered over HTTP/1.1: Restate discovers it that way too
 
     @property
     def protected(self) -> bool:
-        return bool(self.sole_latest_for)
+        return bool(self.latest_for)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class CleanupPlan:
                     PlannedStep(
                         action="skip",
                         target=d.id,
-                        detail=f"only deployment serving the latest {', '.join(d.sole_latest_for)}",
+                        detail=f"holds the latest revision of {', '.join(d.latest_for)}",
                     )
                 )
                 continue
@@ -119,13 +123,9 @@ def pinned_sql(deployment_ids: list[str]) -> str:
     )
 
 
-def sole_latest_services(
-    deployment: Deployment, keep: Deployment, services: list[ServiceInfo]
-) -> list[str]:
-    kept = {s.name for s in keep.services}
-    return sorted(
-        s.name for s in services if s.deployment_id == deployment.id and s.name not in kept
-    )
+def latest_services(deployment: Deployment, services: list[ServiceInfo]) -> list[str]:
+    """The services whose latest revision ``deployment`` holds (Restate's view)."""
+    return sorted(s.name for s in services if s.deployment_id == deployment.id)
 
 
 def build_plan(
@@ -155,7 +155,7 @@ def build_plan(
             id=d.id,
             service_url=d.service_url,
             pinned=sorted(pinned.get(d.id, [])),
-            sole_latest_for=sole_latest_services(d, keep, services),
+            latest_for=latest_services(d, services),
             pinned_statuses=dict(statuses.get(d.id, {})),
             http_11=d.http_version == "HTTP/1.1",
         )
@@ -268,9 +268,9 @@ async def _clean_one(
 ) -> None:
     if stale.protected and not plan.force_drain:
         report.failures[stale.id] = (
-            "left in place: only deployment serving the latest revision of "
-            + ", ".join(stale.sole_latest_for)
-            + " (use forceDrain to delete it anyway)"
+            "left in place: it holds the latest revision of "
+            + ", ".join(stale.latest_for)
+            + " (register the kept URL again first, or use forceDrain to delete it anyway)"
         )
         return
     pinned = stale.pinned
