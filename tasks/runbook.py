@@ -42,12 +42,12 @@ from restate_recovery.redaction import redact_text
 from restate_recovery.runbooks import Runbook
 from restate_recovery.runbooks.guard import guard_admin
 from restate_recovery.runbooks.incident import IncidentRecord
-from restate_recovery.schemas import RequestModel, WriteOutcome
+from restate_recovery.schemas import PlannedStep, RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
 from tasks.approval import await_approval
 
 RequestT = TypeVar("RequestT", bound=RequestModel)
-WriteTask = Callable[[Endpoints, RequestT, bool], Awaitable[WriteOutcome]]
+WriteTask = Callable[[Endpoints, RequestT, bool, list[PlannedStep] | None], Awaitable[WriteOutcome]]
 Verify = Callable[[RequestT, ApiModel, DoctorReadout], str]
 
 PLAN_EVENT = "restate.plan.awaiting-approval"
@@ -127,14 +127,14 @@ async def run_write_runbook(
         alert=requested.alert,
     )
     trail: AuditedAttempt | None = None
-    wrote = claimed = False
+    wrote = claimed = finished = False
     endpoints: Endpoints | None = None
     try:
         endpoints = resolve_endpoints(get_settings())
         record.before = await doctor_before(endpoints)
         guard_admin(record.before)
         if require_approval and not dry_run:
-            record.plan = (await write(endpoints, request, True)).plan
+            record.plan = (await write(endpoints, request, True, None)).plan
             claimed = await claim_plan(runbook, target, requested)
             record.phase = "awaiting approval"
             await publish(record)
@@ -151,30 +151,32 @@ async def run_write_runbook(
                 claimed = False
                 raise ApprovalRejectedError(f"{approval.line()}. Nothing was written.")
         trail = await deployment_trail(runbook, request, requested, record)
+        approved = record.plan if record.approval is not None else None
         if dry_run:
-            outcome = await write(endpoints, request, True)
+            outcome = await write(endpoints, request, True, None)
         else:
             async with target_lock(target, trail):
                 wrote = True
-                outcome = await write(endpoints, request, False)
+                outcome = await write(endpoints, request, False, approved)
         record.plan, record.details = outcome.plan, outcome.details
         record.outcome = "dry run: nothing changed" if dry_run else "acknowledged"
+        if trail is not None:  # the write is done: its row says so, whatever the check finds
+            await trail.finish()
+            finished = True
         if wrote:
-            record.after = await verify_doctor(endpoints)
-            record.verification = redact_text(verify(request, outcome.result, record.after))
+            record.after, record.verification = await checked(endpoints, request, outcome, verify)
             logger.info("verify: %s", record.verification)
         record.phase = "done"
-        if trail is not None:
-            await trail.finish()
         return outcome.result.to_json()
     except BaseException as exc:
         record.fail(exc)
         logger.error("%s", exc)
         if wrote and endpoints is not None:  # the write may have done part of its work
-            record.after = await verify_doctor(endpoints)
-        trail = trail or await deployment_trail(runbook, request, requested, record)
-        if trail is not None:
-            await trail.finish(exc)
+            record.after, _ = await checked(endpoints, request, None, verify)
+        if not finished:
+            trail = trail or await deployment_trail(runbook, request, requested, record)
+            if trail is not None:
+                await trail.finish(exc)
         if isinstance(exc, ApprovalRejectedError | PlanPendingError):  # a decision, not a crash
             return Cancelled(message=str(exc))
         raise
@@ -182,6 +184,24 @@ async def run_write_runbook(
         if claimed:
             await plans.decided(target, str(flow_run.id))
         await publish(record)
+
+
+async def checked(
+    endpoints: Endpoints,
+    request: RequestT,
+    outcome: WriteOutcome | None,
+    verify: Verify[RequestT],
+) -> tuple[DoctorReadout | None, str | None]:
+    """The verify-doctor's readout and what it says about the write (``outcome``); a doctor that
+    fails itself is said so, never turned into a failure of the write that was made."""
+    try:
+        after = await verify_doctor(endpoints)
+    except Exception as exc:  # noqa: BLE001 - reported in the record, the write stands
+        get_run_logger().warning("verify-doctor failed: %s", exc)
+        return None, redact_text(f"not verified: the verify-doctor failed ({exc})")
+    if outcome is None:
+        return after, None
+    return after, redact_text(verify(request, outcome.result, after))
 
 
 async def claim_plan(runbook: Runbook, target: str, requested: Requested) -> bool:

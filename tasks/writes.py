@@ -1,9 +1,10 @@
 """The one write of each runbook, as a Prefect task. No retries: a write never retries blindly.
 
 Each task opens its own admin client (write timeout) and hands the request, as the flow got it,
-to the package's write function; in a dry run that only plans. What the write did is noted for a
-caller in this process before Prefect is told (``execution.note_write``): if Prefect goes away
-now, the caller still knows the write was made.
+to the package's write function; in a dry run that only plans. An approved run passes the plan
+the approver saw: the write refuses (``RESTATE_RECOVERY_PLAN_CHANGED``) when it is no longer that.
+What the write did is noted for a caller in this process before Prefect is told
+(``execution.note_write``): if Prefect goes away now, the caller still knows the write was made.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from restate_recovery.runbooks import cleanup, recover, redeploy
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     ForceRedeployRequest,
+    PlannedStep,
     RecoverStuckWorkflowRequest,
     WriteOutcome,
 )
@@ -50,18 +52,24 @@ async def _noted(what: str, write: Awaitable[WriteOutcome]) -> WriteOutcome:
 
 @task(name="register-deployment", cache_policy=NO_CACHE, retries=0)
 async def register_deployment(
-    endpoints: Endpoints, request: ForceRedeployRequest, dry_run: bool
+    endpoints: Endpoints,
+    request: ForceRedeployRequest,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
         return await _noted(
             f"register {request.target}",
-            redeploy.write(client, request, timeout=_timeout(), dry_run=dry_run),
+            redeploy.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
         )
 
 
 @task(name="clean-stale-deployments", cache_policy=NO_CACHE, retries=0)
 async def clean_stale_deployments(
-    endpoints: Endpoints, request: CleanupStaleDeploymentsRequest, dry_run: bool
+    endpoints: Endpoints,
+    request: CleanupStaleDeploymentsRequest,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
         return await _noted(
@@ -72,16 +80,20 @@ async def clean_stale_deployments(
                 timeout=_timeout(),
                 drain_timeout=get_settings().recovery_drain_timeout_seconds,
                 dry_run=dry_run,
+                approved=approved,
             ),
         )
 
 
 @task(name="recover-workflow-key", cache_policy=NO_CACHE, retries=0)
 async def recover_workflow_key(
-    endpoints: Endpoints, request: RecoverStuckWorkflowRequest, dry_run: bool
+    endpoints: Endpoints,
+    request: RecoverStuckWorkflowRequest,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
     async with _admin(endpoints) as client:
         return await _noted(
             f"recover {request.target}",
-            recover.write(client, request, timeout=_timeout(), dry_run=dry_run),
+            recover.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
         )

@@ -172,11 +172,8 @@ def test_recover_cli_json_acknowledges_and_refuses_with_the_error_body(
 
     dry = run_cli(*args, "--service-key", key, "--dry-run", "--json", env=cli_env(restate))
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["plan"][0] == {
-        "action": "kill",
-        "target": invocation_id,
-        "detail": None,
-    }
+    purge = json.loads(dry.stdout)["plan"][-1]
+    assert (purge["action"], purge["target"]) == ("purge", invocation_id)
 
     done = run_cli(*args, "--service-key", key, "--reason", "INC-1", "--json", env=cli_env(restate))
     assert done.returncode == 0, done.stderr

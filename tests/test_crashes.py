@@ -124,7 +124,7 @@ def test_the_api_killed_mid_recovery_leaves_nothing_behind_and_the_rerun_acts_at
     proxy = FaultProxy(
         restate.admin_url,
         rules={
-            ("PATCH", f"/invocations/{invocation_id}/kill"): Fault(
+            ("PATCH", f"/invocations/{invocation_id}/purge"): Fault(
                 hook=lambda: apis[0].kill(), times=1
             )
         },

@@ -404,7 +404,7 @@ async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_on
     assert [r["id"] for r in invocations_of(deployed, key)] == [invocation_id]  # not yet
     notice = next(n for n in deployed.approvals.received if key in n.get("text", ""))
     assert notice["subject"] == f"Approval needed: recover-stuck-workflow {WORKFLOW}/{key}"
-    assert "kill" in notice["text"] and str(paused.id) in notice["text"]
+    assert f"purge {invocation_id}" in notice["text"] and str(paused.id) in notice["text"]
 
     await aresume_flow_run(
         paused.id, run_input={"approve": True, "approver": "alice", "reason": "INC-9 replay"}

@@ -17,7 +17,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
-from restate_recovery.errors import RetryBlockedError
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.errors import PlanChangedError, RetryBlockedError
+from restate_recovery.runbooks import recover as recover_runbook
+from restate_recovery.schemas import RecoverStuckWorkflowRequest
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
 from tests.support.fault_proxy import Fault, FaultProxy, running
@@ -48,7 +51,7 @@ def query(admin_url: str, sql: str) -> list[dict[str, Any]]:
 def invocations_of(admin_url: str, key: str, service: str = WORKFLOW) -> list[dict[str, Any]]:
     return query(
         admin_url,
-        "SELECT id, status, completion_result, target_handler_name FROM sys_invocation "
+        "SELECT id, status, completion_result, target_handler_name, created_at FROM sys_invocation "
         f"WHERE target_service_name = '{service}' AND target_service_key = '{key}'",
     )
 
@@ -181,7 +184,7 @@ async def test_shared_handler_calls_are_not_run_invocations(
     assert await recover(key) == {"acknowledged": True}
 
     after = {r["id"] for r in invocations_of(restate_env.admin_url, key)}
-    assert run_id not in after  # the failed run was killed and purged
+    assert run_id not in after  # the failed run was purged
     assert state_of(restate_env.admin_url, key) == {}
     rerun = httpx.post(
         f"{restate_env.ingress_url}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=30
@@ -267,11 +270,12 @@ async def test_dry_run_plans_and_changes_nothing(
     result = await recover(key, dry_run=True)
 
     assert result["acknowledged"] is False and result["dryRun"] is True
+    created = invocations_of(restate_env.admin_url, key)[0]["created_at"]
     assert [(s["action"], s["target"]) for s in result["plan"]] == [
-        ("kill", invocation_id),
-        ("clear-state", f"{WORKFLOW}/{key}"),  # while the killed run still holds the key
-        ("purge", invocation_id),
+        ("clear-state", f"{WORKFLOW}/{key}"),  # while the failed run still holds the key
+        ("purge", invocation_id),  # no kill: a terminal failure is completed already
     ]
+    assert created in result["plan"][1]["detail"]  # which run: every run of a key has its id
     assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [invocation_id]
     assert state_of(restate_env.admin_url, key) != {}
 
@@ -328,3 +332,125 @@ async def test_incident_record_has_before_action_outcome_after(
     assert "## Doctor before" in record and "## Doctor after" in record
     assert f"{WORKFLOW}/{key} is no longer among recent failures" in record
     assert invocation_id in record
+
+
+def purge_and_resubmit(stack: RestateStack, key: str, invocation_id: str, mode: str) -> str:
+    """Someone else (Restate's CLI, another tool) purges the failed run and submits the key again:
+    the new run has the same id (a workflow run's id is derived from its key)."""
+    purged = httpx.patch(f"{stack.admin_url}/invocations/{invocation_id}/purge", timeout=10)
+    assert purged.status_code == 200, purged.text
+    new_id = submit_workflow(stack.ingress_url, key, mode, seconds=600)
+    assert new_id == invocation_id
+    return new_id
+
+
+async def test_a_run_resubmitted_after_the_plan_is_never_killed_nor_cleared(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    """Planned (as a run waiting for approval does), then the key is purged and resubmitted by
+    someone else: the new, running run has the planned run's id. The recovery refuses it as
+    active and touches neither the run nor its state (a kill by id would have killed it)."""
+    key, invocation_id = failed_key(restate_env, "replanned")
+    request = RecoverStuckWorkflowRequest(service_name=WORKFLOW, service_key=key)
+    async with RestateAdminClient.connect(restate_env.admin_url, timeout=10) as client:
+        plan = await recover_runbook.plan_recovery(client, request, timeout=10)
+        purge_and_resubmit(restate_env, key, invocation_id, "sleep")
+        deadline = time.monotonic() + 30
+        while state_of(restate_env.admin_url, key) != {"attempt-marker": '"sleep"'}:
+            assert time.monotonic() < deadline, "the new run never wrote its marker"
+            await asyncio.sleep(0.1)
+
+        with pytest.raises(RetryBlockedError) as info:
+            await recover_runbook.execute_recovery(client, plan, timeout=10)
+
+    assert (info.value.reason, info.value.invocation_ids) == ("active-invocation", [invocation_id])
+    (run,) = invocations_of(restate_env.admin_url, key)
+    assert run["status"] in ("running", "suspended")  # alive, not killed
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"sleep"'}
+    httpx.patch(f"{restate_env.admin_url}/invocations/{invocation_id}/kill", timeout=10)
+
+
+async def test_a_plan_that_changed_since_its_approval_is_refused_and_nothing_written(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    """Approved, then the key failed again as a new run (same id, new creation time): that is
+    not the plan the approver saw. ``RESTATE_RECOVERY_PLAN_CHANGED``; the new run and its state
+    stay; the same holds for a plan made a moment ago (no approval) that changed under it."""
+    key, invocation_id = failed_key(restate_env, "changed")
+    request = RecoverStuckWorkflowRequest(service_name=WORKFLOW, service_key=key)
+    async with RestateAdminClient.connect(restate_env.admin_url, timeout=10) as client:
+        approved = (await recover_runbook.write(client, request, timeout=10, dry_run=True)).plan
+        plan = await recover_runbook.plan_recovery(client, request, timeout=10)
+        purge_and_resubmit(restate_env, key, invocation_id, "fail")
+        wait_for_status(restate_env.admin_url, invocation_id, "completed")
+        (again,) = invocations_of(restate_env.admin_url, key)
+
+        with pytest.raises(PlanChangedError) as approval_changed:
+            await recover_runbook.write(
+                client, request, timeout=10, dry_run=False, approved=approved
+            )
+        with pytest.raises(PlanChangedError) as plan_changed:
+            await recover_runbook.execute_recovery(client, plan, timeout=10)
+
+    assert approval_changed.value.http_status == 409
+    assert approval_changed.value.code == "RESTATE_RECOVERY_PLAN_CHANGED"
+    assert again["created_at"] in approval_changed.value.message  # what it is now
+    assert plan_changed.value.code == "RESTATE_RECOVERY_PLAN_CHANGED"
+    assert invocations_of(restate_env.admin_url, key) == [again]  # not purged
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"fail"'}
+    assert await recover(key) == {"acknowledged": True}  # planned anew, it acts
+    assert invocations_of(restate_env.admin_url, key) == []
+
+
+async def test_an_approved_run_writes_only_the_plan_its_approver_saw(
+    prefect_server: PrefectServer, restate_env: RestateStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow's own path: plan, approval (here given while the key fails again as a new run),
+    then the write, which is handed the approved plan and refuses the changed one."""
+    import tasks.runbook
+    from restate_recovery.runbooks import RECOVER_STUCK_WORKFLOW
+    from restate_recovery.runbooks.incident import Approval, now_iso
+
+    key, invocation_id = failed_key(restate_env, "approved")
+
+    async def approve_while_it_fails_again(**_: Any) -> Approval:
+        purge_and_resubmit(restate_env, key, invocation_id, "fail")
+        wait_for_status(restate_env.admin_url, invocation_id, "completed")
+        return Approval(True, "alice", "INC-7", now_iso(), "prefect-ui")
+
+    monkeypatch.setattr(tasks.runbook, "await_approval", approve_while_it_fails_again)
+    flow: Any = RECOVER_STUCK_WORKFLOW.flow()
+    with pytest.raises(PlanChangedError) as info:
+        await flow(
+            request=RecoverStuckWorkflowRequest(service_name=WORKFLOW, service_key=key),
+            operator="alice",
+            reason="INC-7",
+            dry_run=False,
+            require_approval=True,
+        )
+
+    assert "changed since it was approved" in info.value.message
+    (run,) = invocations_of(restate_env.admin_url, key)  # the new failure, untouched
+    assert run["status"] == "completed"
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"fail"'}
+
+
+async def test_a_write_made_is_answered_done_when_the_verify_doctor_fails(
+    prefect_server: PrefectServer, restate_env: RestateStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write happened; the check after it could not run. The answer is the write's, and the
+    record says it was not verified, never that the write failed."""
+    import tasks.runbook
+
+    key, _ = failed_key(restate_env, "unverified")
+
+    async def broken_doctor(*_: Any) -> Any:
+        raise RuntimeError("the verify-doctor could not run")
+
+    monkeypatch.setattr(tasks.runbook, "verify_doctor", broken_doctor)
+    assert await recover(key) == {"acknowledged": True}
+
+    assert invocations_of(restate_env.admin_url, key) == []
+    (record,) = await artifacts_of_runs_named(f"recover-stuck-workflow/{WORKFLOW}/{key}")
+    assert "not verified: the verify-doctor failed" in record
+    assert "acknowledged" in record

@@ -120,7 +120,7 @@ async def test_purge_rejected_is_purge_failed_and_says_what_ran() -> None:
             await recover.execute_recovery(c, plan, timeout=1)
     assert info.value.reason == "purge-failed"
     assert info.value.invocation_ids == ["inv_1a"]
-    assert "killed ['inv_1a']" in info.value.message and "disk full" in info.value.message
+    assert "purged none" in info.value.message and "disk full" in info.value.message
     assert "state cleared: yes" in info.value.message
 
 

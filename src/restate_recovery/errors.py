@@ -13,6 +13,7 @@
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
         ├── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
         ├── PlanPendingError           RESTATE_RECOVERY_PLAN_PENDING  (409, a plan already waits)
+        ├── PlanChangedError           RESTATE_RECOVERY_PLAN_CHANGED  (409, not the approved plan)
         ├── UnauthenticatedError       UNAUTHENTICATED                (HTTP 401, no live API key)
         ├── ForbiddenError             FORBIDDEN                      (HTTP 403, no system:operate)
         ├── PrefectUnavailableError    PREFECT_UNAVAILABLE            (HTTP 503, Prefect down)
@@ -182,6 +183,14 @@ class PlanPendingError(OperatorError):
     after a rejection): it ends without pausing beside it."""
 
     code = "RESTATE_RECOVERY_PLAN_PENDING"
+    http_status = 409
+
+
+class PlanChangedError(OperatorError):
+    """What the write would do now is not the plan that was approved (or planned a moment ago):
+    nothing more was written; run again to plan anew."""
+
+    code = "RESTATE_RECOVERY_PLAN_CHANGED"
     http_status = 409
 
 

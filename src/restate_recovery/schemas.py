@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from restate_recovery.errors import InvalidRequestError
+from restate_recovery.errors import InvalidRequestError, PlanChangedError
 from restate_recovery.models import ApiModel
 from restate_recovery.redaction import REDACTED, redact_text
 from restate_recovery.sql import NAME_PATTERN
@@ -199,6 +199,22 @@ class PlannedStep(ApiModel):
     action: str
     target: str
     detail: str | None = None
+
+
+def check_approved(
+    approved: list[PlannedStep] | None, steps: list[PlannedStep], target: str
+) -> None:
+    """Refuse (``RESTATE_RECOVERY_PLAN_CHANGED``) a write whose plan is not the approved one."""
+    if approved is None or [s.model_dump() for s in approved] == [s.model_dump() for s in steps]:
+        return
+
+    def lines(plan: list[PlannedStep]) -> str:
+        return "; ".join(f"{s.action} {s.target} ({s.detail or '-'})" for s in plan)
+
+    raise PlanChangedError(
+        f"The plan for {target} changed since it was approved: approved [{lines(approved)}], "
+        f"now [{lines(steps)}]. Nothing was written; run again to plan (and approve) anew."
+    )
 
 
 class DryRunResult(ApiModel):

@@ -49,6 +49,7 @@ from restate_recovery.schemas import (
     DryRunResult,
     PlannedStep,
     WriteOutcome,
+    check_approved,
 )
 from restate_recovery.sql import literal
 
@@ -318,10 +319,13 @@ async def write(
     timeout: float,
     drain_timeout: float,
     dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
-    """Plan, and unless this is a dry run, act on every stale deployment."""
+    """Plan (refusing a plan other than the ``approved`` one), and unless this is a dry run, act
+    on every stale deployment."""
     plan = await plan_cleanup(client, request, timeout=timeout)
     steps = plan.steps()
+    check_approved(approved, steps, request.target)
     if dry_run:
         return WriteOutcome(result=DryRunResult(plan=steps), plan=steps)
     report = await execute_cleanup(client, plan, timeout=timeout, drain_timeout=drain_timeout)

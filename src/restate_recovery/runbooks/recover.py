@@ -6,17 +6,23 @@ successful completion -> refuse ``already-succeeded``; otherwise every terminal 
 and cancelled included: Restate 1.7 shows them as completed with a ``[409]`` failure) is made
 blank, in an order no resubmission can race:
 
-1. kill each run (an "already completed" 409 is fine);
+1. the key's runs are read again and must be the ones planned (same ids, same ``created_at``:
+   a workflow run's id is the same for every run of a key, so only its creation time tells a new
+   run from the planned one), else ``RESTATE_RECOVERY_PLAN_CHANGED`` and nothing is written;
 2. clear the key's state while the completed run still holds the key (a resubmission meanwhile is
    "previously accepted": nothing runs). The clear carries the version of the state it read, so
    Restate drops it if anything changed the state since; it is read back until empty;
-3. purge each run (an "already purged" 404 is fine). Purging a workflow run frees the key and
-   deletes its state and promises; nothing writes state after it, so a run submitted from then on
-   starts blank and keeps what it writes.
+3. purge each run, each re-checked first (an "already purged" 404 is fine). Purging a workflow
+   run frees the key and deletes its state and promises; nothing writes state after it, so a run
+   submitted from then on starts blank and keeps what it writes.
 
-A key whose runs are gone already has nothing left to do; leftover state with no run is cleared
-with its version only, and a run that appeared meanwhile is reported (``active-invocation``), its
-state untouched. Re-running after a partial failure converges.
+No kill is sent: a terminal failure is already completed (Restate answers a kill of it with 409),
+and since the id of a key's next run is the same, a kill sent after someone else's purge and
+resubmission would kill that new run. A key whose runs are gone already has nothing left to do;
+leftover state with no run is cleared with its version only, and a run that appeared meanwhile is
+reported (``active-invocation``), its state untouched. Re-running after a partial failure
+converges. A write given the plan an approver saw (``approved``) refuses with
+``RESTATE_RECOVERY_PLAN_CHANGED`` when the key's plan is no longer that one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import (
     AdminUnreachableError,
+    PlanChangedError,
     RestateRejected,
     RestateUnreachable,
     RetryBlockedError,
@@ -43,6 +50,7 @@ from restate_recovery.schemas import (
     PlannedStep,
     RecoverStuckWorkflowRequest,
     WriteOutcome,
+    check_approved,
 )
 from restate_recovery.sql import literal, name_literal
 
@@ -58,9 +66,10 @@ class RecoveryPlan:
     handler: str
     terminal_failed: list[str]
     state_keys: list[str]
+    created: dict[str, str] = field(default_factory=dict)  # run id -> its created_at
 
     def steps(self) -> list[PlannedStep]:
-        steps = [PlannedStep(action="kill", target=i) for i in self.terminal_failed]
+        steps = []
         if self.terminal_failed or self.state_keys:
             steps.append(
                 PlannedStep(
@@ -70,20 +79,26 @@ class RecoveryPlan:
                     + (f": {', '.join(self.state_keys)}" if self.state_keys else ""),
                 )
             )
-        steps += [PlannedStep(action="purge", target=i) for i in self.terminal_failed]
+        steps += [
+            PlannedStep(
+                action="purge",
+                target=i,
+                detail=f"terminal failure, run created {self.created.get(i) or 'at an unknown time'}",
+            )
+            for i in self.terminal_failed
+        ]
         return steps
 
 
 @dataclass
 class RecoveryReport:
-    killed: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     state_cleared: bool = False
 
     def done(self) -> str:
         return (
-            f"killed {self.killed or 'none'}, purged {self.purged or 'none'}, "
-            f"state cleared: {'yes' if self.state_cleared else 'no'}"
+            f"state cleared: {'yes' if self.state_cleared else 'no'}, "
+            f"purged {self.purged or 'none'}"
         )
 
 
@@ -176,13 +191,43 @@ async def plan_recovery(
         raise RetryBlockedError(
             f"Workflow retry is blocked: querying {name}/{key} failed ({exc})", "query-failed"
         ) from exc
+    failed = classify_run_invocations(rows)
     return RecoveryPlan(
         service_name=name,
         service_key=key,
         handler=handler,
-        terminal_failed=classify_run_invocations(rows),
+        terminal_failed=failed,
         state_keys=sorted(str(r.get("key")) for r in state),
+        created=created_at(rows, failed),
     )
+
+
+def created_at(rows: list[dict[str, Any]], ids: list[str]) -> dict[str, str]:
+    return {str(r["id"]): str(r.get("created_at") or "") for r in rows if r.get("id") in ids}
+
+
+async def _check_runs_unchanged(
+    client: RestateAdminClient, plan: RecoveryPlan, report: RecoveryReport, *, timeout: float
+) -> None:
+    """The key's runs are still the planned ones (ids and creation times), and none is active."""
+    sql = run_invocations_sql(plan.service_name, plan.service_key, plan.handler)
+    try:
+        rows = await client.query(sql, timeout=timeout)
+    except RestateRejected as exc:
+        raise RetryBlockedError(
+            f"Workflow recovery of {plan.service_name}/{plan.service_key} stopped: reading its "
+            f"runs again failed ({exc}); done before: {report.done()}",
+            "query-failed",
+        ) from exc
+    failed = classify_run_invocations(rows)  # active or succeeded meanwhile: refused as such
+    now = created_at(rows, failed)
+    remaining = {i: c for i, c in plan.created.items() if i not in report.purged}
+    if now != remaining:
+        raise PlanChangedError(
+            f"The runs of {plan.service_name}/{plan.service_key} changed since they were planned "
+            f"(planned {remaining or 'none'}, now {now or 'none'}): a new run was submitted and "
+            f"ended meanwhile; done before: {report.done()}. Run the recovery again to plan anew."
+        )
 
 
 def state_version(rows: list[dict[str, Any]]) -> str:
@@ -199,7 +244,8 @@ def state_version(rows: list[dict[str, Any]]) -> str:
 async def execute_recovery(
     client: RestateAdminClient, plan: RecoveryPlan, *, timeout: float
 ) -> RecoveryReport:
-    """Kill the terminal-failed runs, clear the key's state (versioned, read back), purge them."""
+    """Check the runs are the planned ones, clear the key's state (versioned, read back), purge
+    each run (checked again first)."""
     report = RecoveryReport()
     target = f"{plan.service_name}/{plan.service_key}"
 
@@ -212,13 +258,7 @@ async def execute_recovery(
         )
 
     try:
-        for invocation_id in plan.terminal_failed:
-            try:
-                await client.kill_invocation(invocation_id, timeout=timeout)
-            except RestateRejected as exc:
-                if exc.status_code not in (404, 409):  # already completed / already gone
-                    raise blocked(f"kill of {invocation_id}", exc, [invocation_id]) from exc
-            report.killed.append(invocation_id)
+        await _check_runs_unchanged(client, plan, report, timeout=timeout)
         if plan.terminal_failed or plan.state_keys:
             try:
                 remaining = await _clear_state(client, plan, timeout=timeout)
@@ -235,6 +275,7 @@ async def execute_recovery(
                 )
             report.state_cleared = True
         for invocation_id in plan.terminal_failed:
+            await _check_runs_unchanged(client, plan, report, timeout=timeout)
             try:
                 await client.purge_invocation(invocation_id, timeout=timeout)
             except RestateRejected as exc:
@@ -292,10 +333,13 @@ async def write(
     *,
     timeout: float,
     dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
-    """Plan (refusing unsafe states), and unless this is a dry run, make the key blank."""
+    """Plan (refusing unsafe states, and a plan other than the ``approved`` one), and unless
+    this is a dry run, make the key blank."""
     plan = await plan_recovery(client, request, timeout=timeout)
     steps = plan.steps()
+    check_approved(approved, steps, request.target)
     if dry_run:
         return WriteOutcome(result=DryRunResult(plan=steps), plan=steps)
     report = await execute_recovery(client, plan, timeout=timeout)

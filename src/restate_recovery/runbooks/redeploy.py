@@ -46,9 +46,16 @@ def _refused(exc: RestateRejected, url: str) -> AdminUnreachableError | InvalidR
 
 
 async def write(
-    client: RestateAdminClient, request: ForceRedeployRequest, *, timeout: float, dry_run: bool
+    client: RestateAdminClient,
+    request: ForceRedeployRequest,
+    *,
+    timeout: float,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
 ) -> WriteOutcome:
-    """Register the URL (or, in a dry run, let Restate discover it without registering)."""
+    """Register the URL (or, in a dry run, let Restate discover it without registering). An
+    approved plan is this same registration: nothing about it can change meanwhile."""
+    del approved
     try:
         registered = await client.register_deployment(
             uri=request.service_url, force=request.force, dry_run=dry_run, timeout=timeout
