@@ -42,7 +42,8 @@ def dead_owner() -> str:
     """The owner name of a process of this host that has exited."""
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
-    return f"{leases.owner().split(':')[0]}:{process.pid}:1"
+    host, _, _, namespace = leases.owner().split(":")
+    return f"{host}:{process.pid}:1:{namespace}"
 
 
 async def test_one_holder_at_a_time_and_every_waiter_gets_it(database: str) -> None:
@@ -184,3 +185,103 @@ async def test_an_attempt_the_database_cannot_take_is_refused(
         await AuditedAttempt(Attempt(actor="u", role="ops", route="doctor")).start()
     assert refused.value.http_status == 503
     assert refused.value.code == "AUDIT_DATABASE_UNAVAILABLE"
+
+
+async def test_the_longest_targets_fit_the_lock_and_plan_tables_and_stay_apart(
+    database: str,
+) -> None:
+    """A service name and a key of 255 characters each (what the request allows) make a target
+    of 520: it is kept bounded (a hash of the whole at its end), and two that differ only at the
+    end hold separate locks and plans, on PostgreSQL's VARCHAR(255) as on SQLite."""
+    from restate_recovery import plans
+    from restate_recovery.runbooks import RECOVER_STUCK_WORKFLOW, bounded
+    from restate_recovery.schemas import RecoverStuckWorkflowRequest
+
+    name = "W" * 255
+    one, two = (
+        RECOVER_STUCK_WORKFLOW.lock_target(
+            RecoverStuckWorkflowRequest(service_name=name, service_key="k" * 254 + end)
+        )
+        for end in "ab"
+    )
+    assert len(one) <= 255 and len(two) <= 255 and one != two
+    assert bounded("workflow:W:k") == "workflow:W:k"  # a target that fits is kept as it is
+    assert (
+        RECOVER_STUCK_WORKFLOW.target_of({"serviceName": name, "serviceKey": "k" * 254 + "a"})
+        == one
+    )
+
+    async with leases.lock(one, timeout=5), leases.lock(two, timeout=5):
+        with Session(store.engine()) as session:
+            assert sorted(lock.target for lock in store.locks(session=session)) == sorted(
+                [one, two]
+            )
+
+    async def alive(_: str) -> bool:
+        return True
+
+    for target, run in ((one, "run-1"), (two, "run-2")):
+        claim = await plans.claim(
+            target=target,
+            runbook="recover-stuck-workflow",
+            flow_run_id=run,
+            fingerprint=None,
+            new_alert=False,
+            alive=alive,
+        )
+        assert claim.granted
+
+
+def test_a_process_is_known_dead_only_in_its_own_process_table() -> None:
+    """A pid is looked up only where it means the same process: same host name, boot and pid
+    namespace. Another container with this host name (its own pid namespace), a previous boot,
+    or an owner named the old way are left to their lease."""
+    host, pid, start, namespace = leases.owner().split(":")
+    boot, _, pid_namespace = namespace.partition(".")
+    gone = dead_owner()
+    assert leases.is_dead(gone)
+    assert not leases.is_dead(leases.owner())
+    _, gone_pid, gone_start, _ = gone.split(":")
+    for other in (
+        f"{host}:{gone_pid}:{gone_start}:{boot}.{int(pid_namespace) + 1}",  # another container
+        f"{host}:{gone_pid}:{gone_start}:{'0' * len(boot)}.{pid_namespace}",  # another boot
+        f"{host}:{gone_pid}:{gone_start}",  # the old format
+        f"elsewhere:{gone_pid}:{gone_start}:{namespace}",
+    ):
+        assert not leases.is_dead(other), other
+
+
+async def test_a_host_whose_clock_is_behind_keeps_its_lock_on_postgresql(
+    postgres_url: str, settings_env: pytest.MonkeyPatch
+) -> None:
+    """Leases are set and compared by the database's clock: a writer on a host whose clock is an
+    hour behind still holds its lock against a writer with a right clock."""
+    from datetime import UTC, datetime
+
+    settings_env.setenv("RECOVERY_DATABASE_URL", postgres_url)
+    get_settings.cache_clear()
+    target = f"workflow:W:{uuid.uuid4().hex[:8]}"
+    real = store.utcnow
+    settings_env.setattr(store, "utcnow", lambda: datetime.now(UTC) - timedelta(hours=1))
+    async with leases.lock(target, timeout=5):
+        settings_env.setattr(store, "utcnow", real)
+        with pytest.raises(RecoveryInProgressError):
+            async with leases.lock(target, timeout=1):
+                pass
+
+
+async def test_a_lock_lost_under_its_writer_is_logged(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer whose lock was taken from it (its lease ran out unrenewed, or a sweep released it)
+    is told in the log at the next renewal, naming the lock."""
+    target = f"workflow:W:{uuid.uuid4().hex[:8]}"
+    async with leases.lock(target, timeout=5):
+        with Session(store.engine()) as session:
+            (holder,) = [
+                lock.holder for lock in store.locks(session=session) if lock.target == target
+            ]
+            store.release_lock(session=session, holder=holder)  # taken from under it
+        with caplog.at_level("ERROR", logger="restate_recovery.leases"):
+            leases.KEEPER.tick(database)
+    assert any(holder in r.getMessage() and "was lost" in r.getMessage() for r in caplog.records)

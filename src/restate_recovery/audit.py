@@ -103,7 +103,7 @@ def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
                 attempt=row,
                 started_at=attempt.started_at,
                 owner=leases.owner(),
-                lease_expires_at=store.utcnow() + leases.ATTEMPT_LEASE,
+                lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
                 flow_run_id=flow_run_id,
             )
     except SQLAlchemyError as exc:

@@ -150,7 +150,7 @@ async def run_runbook(
                     "dry_run": dry_run,
                 },
                 executor=executor,
-                tags=attempt_tags(attempt_id),
+                tags=await asyncio.to_thread(attempt_tags, attempt_id),
                 context=run,
             )
         except OperatorError:

@@ -7,6 +7,8 @@ API sweeps at start-up and every ``leases.REAP_SECONDS``.
 - so is any run of an attempt this tool made in-process (tag ``AUDITED``) whose audit row is
   finished while Prefect still shows it unfinished (Prefect went away before the run's end was
   recorded: the row says what happened);
+- only runs of this audit database are looked at (tag ``audit-db:<its id>``): another audit
+  database's runs on the same Prefect are its own sweep's, whatever their row numbers;
 - plans waiting for approval in runs that ended without a decision free their targets.
 """
 
@@ -28,8 +30,12 @@ UNFINISHED = ("RUNNING", "PENDING")
 SETTLE_AFTER = timedelta(seconds=10)  # a run younger than this may still be on its way
 
 
-def attempt_tags(attempt_id: int) -> tuple[str, str]:
-    return AUDITED, f"audit:{attempt_id}"
+def database_tag() -> str:
+    return f"audit-db:{store.database_id(store.database_url())}"
+
+
+def attempt_tags(attempt_id: int) -> tuple[str, str, str]:
+    return AUDITED, f"audit:{attempt_id}", database_tag()
 
 
 def attempt_of(tags: list[str]) -> int | None:
@@ -64,6 +70,7 @@ async def _crash_runs(closed: list[store.Abandoned]) -> None:
     unfinished = FlowRunFilterState(
         type=FlowRunFilterStateType(any_=[StateType[name] for name in UNFINISHED])
     )
+    ours = await asyncio.to_thread(database_tag)
     async with get_client() as client:
         crash: dict[Any, str] = {}
         for attempt in closed:
@@ -71,14 +78,16 @@ async def _crash_runs(closed: list[store.Abandoned]) -> None:
             runs = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     id=FlowRunFilterId(any_=ids) if ids else None,
-                    tags=None if ids else FlowRunFilterTags(all_=[f"audit:{attempt.id}"]),
+                    tags=None if ids else FlowRunFilterTags(all_=[f"audit:{attempt.id}", ours]),
                     state=unfinished,
                 )
             )
             for run in runs:
                 crash[run.id] = f"its process stopped: audit row {attempt.id} closed as abandoned"
         runs = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[AUDITED]), state=unfinished),
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[AUDITED, ours]), state=unfinished
+            ),
             limit=200,
         )
         settled = store.utcnow() - SETTLE_AFTER

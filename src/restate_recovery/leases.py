@@ -1,6 +1,6 @@
 """Leases: what a process that dies leaves behind is cleaned up within seconds, by others.
 
-- Every open audit row has an owner (``host:pid:start``) and a lease its process renews every
+- Every open audit row has an owner (``host:pid:start:namespace``) and a lease its process renews every
   ``RENEW_SECONDS`` (``ATTEMPT_LEASE`` long). ``reap`` closes the rows of dead processes with the
   outcome ``abandoned``, marks their Prefect runs Crashed and releases their locks; the operator
   API runs it at start-up and every ``REAP_SECONDS``. A dead process of this host is known dead at
@@ -53,21 +53,38 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _namespace() -> str:
+    """Which process table a pid belongs to: this boot (``boot_id``) and this pid namespace (its
+    inode). Two containers may share a host name (host networking), never both of these."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip().replace("-", "")[:12]
+        pid_namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return f"{boot_id}.{pid_namespace}"
+
+
 @cache
 def owner() -> str:
-    """This process, as audit rows and locks name it: ``host:pid:start``."""
+    """This process, as audit rows and locks name it: ``host:pid:start:namespace``."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or uuid.uuid4().hex[:8]}"
+    start = _start_time(pid) or uuid.uuid4().hex[:8]
+    return f"{socket.gethostname()[:64]}:{pid}:{start}:{_namespace()}"
 
 
 def is_dead(name: str | None) -> bool:
-    """Whether ``name`` is a process of this host that is gone (or was replaced under its pid).
-    A process of another host is never known dead here: its lease says so."""
+    """Whether ``name`` is a process of this very process table (same host, boot and pid
+    namespace) that is gone, or was replaced under its pid. Anything else (another host, another
+    container under the same host name, a machine without ``/proc``, an owner of an older
+    format) is never known dead here: its lease says so."""
     if not name:
         return False
-    host, _, rest = name.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    parts = name.split(":")
+    if len(parts) != 4 or _namespace() == "unknown":
+        return False
+    host, pid, start, namespace = parts
+    if host != socket.gethostname()[:64] or namespace != _namespace() or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
         return name != owner()
@@ -141,8 +158,8 @@ class Keeper:
             late = {key: value for key, value in self._late.items() if key[0] == url}
             attempts = sorted(i for i, u in self._attempts.items() if u == url)
             holders = sorted(h for h, u in self._holders.items() if u == url)
-        now = store.utcnow()
         with Session(store.engine(url)) as session:
+            now = store.db_now(session)
             for (_, attempt_id), (error, flow_run_id) in late.items():
                 store.finish_attempt(
                     session=session,
@@ -160,7 +177,16 @@ class Keeper:
                     session=session, attempt_ids=attempts, until=now + ATTEMPT_LEASE
                 )
             if holders:
-                store.renew_locks(session=session, holders=holders, until=now + LOCK_LEASE)
+                lost = store.renew_locks(session=session, holders=holders, until=now + LOCK_LEASE)
+                for holder in lost:
+                    with self._lock:
+                        still_held = self._holders.pop(holder, None) is not None
+                    if still_held:  # not released by its writer meanwhile: it lost it
+                        logger.error(
+                            "write lock %s was lost (its lease ran out before it was renewed; "
+                            "another writer may act on its target now)",
+                            holder,
+                        )
 
 
 KEEPER = Keeper()
@@ -178,18 +204,18 @@ async def lock(
     deadline = loop.time() + timeout
 
     def attempt() -> store.RecoveryLock | None:
-        now = store.utcnow()
-        row = store.RecoveryLock(
-            target=target,
-            holder=holder,
-            owner=owner(),
-            attempt_id=attempt_id,
-            flow_run_id=flow_run_id,
-            acquired_at=now,
-            expires_at=now + LOCK_LEASE,
-        )
         try:
             with Session(store.engine(url)) as session:
+                now = store.db_now(session)
+                row = store.RecoveryLock(
+                    target=target,
+                    holder=holder,
+                    owner=owner(),
+                    attempt_id=attempt_id,
+                    flow_run_id=flow_run_id,
+                    acquired_at=now,
+                    expires_at=now + LOCK_LEASE,
+                )
                 return store.try_lock(session=session, lock=row, now=now)
         except SQLAlchemyError as exc:
             raise AuditUnavailableError(
@@ -228,7 +254,7 @@ def reap() -> list[store.Abandoned]:
     Prefect runs are the caller's to mark Crashed)."""
     with Session(store.engine()) as session:
         closed = store.close_abandoned(
-            session=session, now=store.utcnow(), grace=REAP_GRACE, dead=is_dead
+            session=session, now=store.db_now(session), grace=REAP_GRACE, dead=is_dead
         )
         dead_owners = sorted(
             {lock.owner for lock in store.locks(session=session) if is_dead(lock.owner)}

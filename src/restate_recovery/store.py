@@ -38,6 +38,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def db_now(session: Session) -> datetime:
+    """The audit database's clock (PostgreSQL's ``now()``), which every process sharing it
+    agrees on: leases are set and compared by it, so a host whose clock is off neither steals a
+    live lock nor keeps a dead one. SQLite lives on one machine: its clock is that machine's."""
+    if session.get_bind().dialect.name == "postgresql":
+        found = session.execute(sa.text("SELECT now()")).scalar_one()
+        return found if found.tzinfo else found.replace(tzinfo=UTC)
+    return utcnow()
+
+
 # --- audit ------------------------------------------------------------------------------------
 
 
@@ -262,13 +272,15 @@ def try_lock(*, session: Session, lock: RecoveryLock, now: datetime) -> Recovery
     return held if held is not None else lock  # released meanwhile: the caller asks again
 
 
-def renew_locks(*, session: Session, holders: list[str], until: datetime) -> int:
+def renew_locks(*, session: Session, holders: list[str], until: datetime) -> list[str]:
+    """Push the leases of the locks ``holders`` still hold to ``until``; returns the holders
+    whose lock is gone (its lease ran out and another writer took it, or a sweep released it)."""
     table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
-    result = session.execute(
-        sa.update(table).where(table.c.holder.in_(holders)).values(expires_at=until)
-    )
+    session.execute(sa.update(table).where(table.c.holder.in_(holders)).values(expires_at=until))
     session.commit()
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    kept = session.execute(sa.select(table.c.holder).where(table.c.holder.in_(holders)))
+    still = {str(row[0]) for row in kept}
+    return [holder for holder in holders if holder not in still]
 
 
 def release_lock(*, session: Session, holder: str) -> None:
@@ -552,7 +564,7 @@ def engine_for(url: str) -> Engine:
 
 
 # The newest migration in migrations/versions (a unit test holds this to Alembic's own head).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def at_head(url: str) -> bool:
@@ -585,6 +597,14 @@ def engine(url: str | None = None) -> Engine:
 def _migrated(url: str) -> Engine:
     migrate(url)
     return engine_for(url)
+
+
+@cache
+def database_id(url: str | None = None) -> str:
+    """The audit database's own identity (made by its migration, kept for its life)."""
+    with engine(url).connect() as connection:
+        found = connection.execute(sa.text("SELECT id FROM audit_database")).scalar_one()
+    return str(found)
 
 
 def migrate(url: str) -> None:

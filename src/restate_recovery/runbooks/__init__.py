@@ -13,6 +13,7 @@ layer in ``tasks/runbook.py``); the decisions it makes are plain functions in th
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,14 +82,27 @@ class Runbook:
         if self.lock is None:
             raise ValueError(f"{self.name} does not write")
         fields = type(request).model_fields
-        return self.lock.format(**{name: getattr(request, name) for name in fields})
+        return bounded(self.lock.format(**{name: getattr(request, name) for name in fields}))
 
     def target_of(self, body: dict[str, Any]) -> str:
         """The same target, from a route's body as it is on the wire (camelCase)."""
         if self.lock is None:
             raise ValueError(f"{self.name} does not write")
         fields = self.request.model_fields
-        return self.lock.format(**{n: body.get(f.alias or n) for n, f in fields.items()})
+        return bounded(self.lock.format(**{n: body.get(f.alias or n) for n, f in fields.items()}))
+
+
+TARGET_LIMIT = 255  # the audit database's column for a lock's or a plan's target
+
+
+def bounded(target: str) -> str:
+    """``target`` as the lock and plan tables keep it: as it is up to ``TARGET_LIMIT``
+    characters; a longer one (a service name and key may have 255 each) is cut and ends with a
+    hash of the whole, so two long targets never share a lock."""
+    if len(target) <= TARGET_LIMIT:
+        return target
+    digest = hashlib.sha256(target.encode()).hexdigest()
+    return f"{target[: TARGET_LIMIT - len(digest) - 2]}~{digest}"
 
 
 DOCTOR = Runbook(
