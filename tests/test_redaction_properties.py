@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import string
 import sys
 import threading
 import warnings
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import websockets.asyncio.connection as ws_connection
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 from prefect.utilities.math import clamped_poisson_interval
 
-from restate_recovery.redaction import redact_arguments, redact_text
+from restate_recovery.redaction import redact_arguments, redact_text, says_secret
 
 pytestmark = pytest.mark.usefixtures("background_threads_own_random")
 
@@ -132,17 +134,34 @@ def test_no_odd_user_information_survives_in_any_text(
     assert f"{scheme}://REDACTED@{host}" in redacted
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+# What a query value may hold: anything but "&", "#", whitespace, quotes, "<" and ">" (so ";",
+# "=", "?", "@", "%", non-ASCII too); the mark anywhere inside it.
+QUERY_VALUE_CHARS = (
+    string.ascii_letters + string.digits + "-._~%+/;:=,!$()*@?\\\u00fc\u00e9\u4e2d\u0436"
+)
+query_values = st.builds(
+    lambda a, b: f"{a}{MARK}{b}",
+    st.text(QUERY_VALUE_CHARS, max_size=12),
+    st.text(QUERY_VALUE_CHARS, max_size=12),
+)
+SECRET_PARAM_FORMS = st.builds(
+    lambda name, suffix: name + suffix,
     st.sampled_from(SECRET_PARAMS),
-    st.sampled_from(["?", "&", "#", "?a=1&", "#x&"]),
-    st.text(string.ascii_letters + string.digits + "-._~%+/", min_size=1, max_size=20),
+    st.sampled_from(["", "2", "[]", "[0]", "[token]", "%5B%5D"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    SECRET_PARAM_FORMS,
+    st.sampled_from(["?", "&", "#", ";", "?a=1&", "#x&", "?a=1;", "?serviceKey=k1&"]),
+    query_values,
     surroundings,
 )
 def test_secret_query_and_fragment_values_never_survive(
     name: str, separator: str, value: str, around: str
 ) -> None:
-    url = f"https://svc.example/v1{separator}{name}={MARK}{value}&page=2"
+    url = f"https://svc.example/v1{separator}{name}={value}&page=2"
     redacted = redact_text(around.format(url))
     assert MARK not in redacted
     assert f"{name}=REDACTED" in redacted and "page=2" in redacted
@@ -153,23 +172,151 @@ def test_secret_query_and_fragment_values_never_survive(
 def test_a_credentialed_url_percent_encoded_inside_another_keeps_nothing(
     info: str, host: str
 ) -> None:
-    from urllib.parse import quote
-
     inner = f"http://{info}@{host}/x"
     text = f"https://idp.example/login?next={quote(inner, safe='')}&a=1"
     assert quote(MARK) not in redact_text(text) and MARK not in redact_text(text)
 
 
+SECRET_PAIR_NAMES = [
+    "password", "token", "api_key", "client_secret", "Authorization", "db_password", "x-api-key",
+    "token2", "password[0]", "auth[token]", "sessionToken", "key", "aws_session", "JSESSIONID",
+    "PGPASSWORD", "X-Amz-Signature", "signingKey", "secret",
+]  # fmt: skip
+# An unquoted value runs to whitespace, a quote, "&", "<" or ">"; a quoted one holds anything.
+UNQUOTED_CHARS = string.ascii_letters + string.digits + "+/=_-.;,:!?()%@~\\\u00fc\u4e2d"
+any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+
+
+def quoted(style: str, value: str) -> str:
+    """``value`` written as a quoted string of ``style``: escapes (and doubled quotes) inside."""
+    if style == '"':
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if style == "'":
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + value.replace("'", "''") + "'"  # SQL
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(SECRET_PAIR_NAMES),
+    st.sampled_from(["=", ": ", " = ", '": "', " => ", ":="]),
+    st.text(UNQUOTED_CHARS, max_size=12),
+    st.text(UNQUOTED_CHARS, max_size=12),
+)
+def test_secret_pairs_in_free_text_lose_their_value(
+    name: str, sep: str, before: str, after: str
+) -> None:
+    q = '"' if sep == '": "' else ""
+    text = f"because {q}{name}{sep}{before}{MARK}{after}{q} was rotated"
+    assert MARK not in redact_text(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(SECRET_PAIR_NAMES),
+    st.sampled_from(["=", ": ", " = ", " => "]),
+    st.sampled_from(['"', "'", "sql"]),
+    any_text,
+    any_text,
+)
+def test_quoted_secret_values_lose_everything_between_their_quotes(
+    name: str, sep: str, style: str, before: str, after: str
+) -> None:
+    text = f"because {name}{sep}{quoted(style, before + MARK + after)} was rotated"
+    redacted = redact_text(text)
+    assert MARK not in redacted
+    if style != "sql" or "\\" not in before + after:  # 'a\' reads as escaped: to the end
+        assert redacted.endswith(" was rotated")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(SECRET_PAIR_NAMES), any_text, any_text, st.integers(0, 2))
+def test_secret_values_in_json_lose_everything_also_nested_in_a_string(
+    name: str, before: str, after: str, depth: int
+) -> None:
+    body: Any = {"serviceName": "Identity", name: before + MARK + after, "serviceKey": "k1"}
+    for _ in range(depth):  # JSON held in a string of JSON: {"body": "{\\"token\\": ...}"}
+        body = {"body": json.dumps(body)}
+    redacted = redact_text(json.dumps(body))
+    assert MARK not in redacted
+    assert "Identity" in redacted and "k1" in redacted
+
+
+# Names that hold a secret word without saying secret, and prose around Bearer and Basic: kept.
+NOT_SECRET_NAMES = [
+    "tokenizer", "TokenExchangeWorkflow", "secretary", "authorName", "author", "passwordless",
+    "password_hash_algo", "token_type", "serviceKey", "serviceName", "monkey", "keyboard",
+    "signal", "object_key", "restate.service-key", "idempotency-key", "publicKey", "page",
+]  # fmt: skip
+WORDS = [
+    "token", "tokens", "password", "secret", "key", "session", "auth", "rotated", "failed",
+    "for", "workflows", "the", "was", "Identity", "deployment", "authentication", "retries",
+]  # fmt: skip
+PLAIN_VALUE_CHARS = string.ascii_letters + string.digits + "-_./"
+plain_values = st.text(PLAIN_VALUE_CHARS, min_size=1, max_size=12)
+not_secret_pairs = st.builds(
+    lambda name, sep, value: f"{name}{sep}{value}",
+    st.sampled_from(NOT_SECRET_NAMES),
+    st.sampled_from(["=", ": ", " = ", " => "]),
+    plain_values,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(WORDS + NOT_SECRET_NAMES) | not_secret_pairs, max_size=8))
+def test_prose_with_names_that_say_no_secret_survives_unchanged(parts: list[str]) -> None:
+    text = " ".join(parts)
+    assert redact_text(text) == text
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    st.sampled_from(["password", "token", "api_key", "client_secret", "Authorization"]),
-    st.sampled_from(["=", ": ", " = ", '": "']),
-    st.text(string.ascii_letters + string.digits + "+/=_-.", min_size=1, max_size=24),
+    st.sampled_from(["Bearer", "Basic", "bearer", "basic"]),
+    st.lists(
+        st.sampled_from([w for w in WORDS + NOT_SECRET_NAMES if w.isalpha()])
+        | st.sampled_from(["token-based", "e.g.", "re-rotated", "Basic", "Bearer"]),
+        max_size=4,
+    ),
 )
-def test_secret_pairs_in_free_text_lose_their_value(name: str, sep: str, value: str) -> None:
-    quote = '"' if sep == '": "' else ""
-    text = f"because {quote}{name}{sep}{MARK}{value}{quote} was rotated"
-    assert MARK not in redact_text(text)
+def test_bearer_and_basic_in_prose_keep_the_words_after_them(scheme: str, words: list[str]) -> None:
+    """A word after them is kept unless shaped like a credential (a digit, or ``+/=._-`` in 8
+    characters or more, and not lowercase words joined by ``-`` or ``.``)."""
+    text = " ".join([scheme, *words]) + "."
+    assert redact_text(text) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(NOT_SECRET_NAMES), st.text(PLAIN_VALUE_CHARS + " ,;", max_size=12)
+    ),
+    st.sampled_from(["{}", "error: {} (retrying)", "'{}'"]),
+)
+def test_json_and_queries_of_names_that_say_no_secret_survive_unchanged(
+    fields: dict[str, str], around: str
+) -> None:
+    body = around.format(json.dumps(fields))
+    query = "https://svc.example/v1?" + "&".join(
+        f"{k}={quote(v, safe='')}" for k, v in fields.items()
+    )
+    assert redact_text(body) == body
+    assert redact_text(query) == query
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["", "db_", "x-", "client.", "aws_", "my", "X-Amz-", "user["]),
+    st.sampled_from(["token", "password", "secret", "signature", "credential", "cookie"]),
+    st.sampled_from(["", "2", "_1", "[]", "[0]", "s"]),
+    st.sampled_from(["izer", "ary", "less", "Name", "Workflow", "_type", "_hash_algo", "Url"]),
+)
+def test_a_secret_word_says_secret_only_at_the_end_of_a_name(
+    prefix: str, word: str, suffix: str, more: str
+) -> None:
+    name = prefix + word + ("]" if prefix.endswith("[") else "")
+    assert says_secret(name + suffix)
+    if not prefix.endswith("["):
+        assert not says_secret(word + more) and not says_secret(prefix + word + more)
 
 
 SAFE_NAMES = ["page", "limit", "q", "mode", "v", "filter", "region"]
