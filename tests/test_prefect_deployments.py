@@ -407,7 +407,7 @@ async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_on
     assert f"purge {invocation_id}" in notice["text"] and str(paused.id) in notice["text"]
 
     await aresume_flow_run(
-        paused.id, run_input={"approve": True, "approver": "alice", "reason": "INC-9 replay"}
+        paused.id, run_input={"decision": "approve", "approver": "alice", "reason": "INC-9 replay"}
     )
     state = await final_state(paused.id)
 
@@ -437,7 +437,7 @@ async def test_a_rejection_ends_the_run_cancelled_and_the_key_quiet_until_a_new_
     first = await wait_for_run(WRITES["recover-stuck-workflow"], "PAUSED", set(), match=key)
 
     await aresume_flow_run(
-        first.id, run_input={"approve": False, "approver": "bob", "reason": "not this one"}
+        first.id, run_input={"decision": "reject", "approver": "bob", "reason": "not this one"}
     )
     rejected = await final_state(first.id)
     quiet = await arun_deployment("restate-doctor/doctor", timeout=120)  # scheduled: no alert
@@ -463,7 +463,7 @@ async def test_a_rejection_ends_the_run_cancelled_and_the_key_quiet_until_a_new_
     record = (await records_of(first.id))[0]
     assert "- rejected by bob at " in record and "outcome: **rejected**" in record
     await aresume_flow_run(
-        second.id, run_input={"approve": False, "approver": "bob", "reason": "still no"}
+        second.id, run_input={"decision": "reject", "approver": "bob", "reason": "still no"}
     )
     await final_state(second.id)
 

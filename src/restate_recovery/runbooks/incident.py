@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from restate_recovery.doctor.render import cell, readout_markdown, unhealthy_components
+from restate_recovery.doctor.render import readout_markdown, unhealthy_components
 from restate_recovery.errors import OperatorError, error_body
 from restate_recovery.models import AlertContext, DoctorReadout
 from restate_recovery.redaction import redact, redact_text
@@ -85,13 +85,12 @@ class IncidentRecord:
         return f"Incident record: {self.action} {self.target}"
 
     def plan_markdown(self) -> list[str]:
-        """The plan as a table: what the approval form shows, and the record's plan section."""
-        lines = ["| step | action | target | detail |", "|---|---|---|---|"]
-        lines += [
-            f"| {n} | {cell(s.action)} | {cell(s.target)} | {cell(s.detail)} |"
+        """The plan as a numbered list (it fits the narrow Resume dialog, where a table is cut):
+        what the approval form shows, and the record's plan section."""
+        return [
+            f"{n}. **{s.action}** `{s.target}`" + (f": {s.detail}" if s.detail else "")
             for n, s in enumerate(self.plan, 1)
         ]
-        return lines
 
     def markdown(self) -> str:
         finished = now_iso() if self.phase == "done" else "not yet"

@@ -75,7 +75,9 @@ class RecoveryPlan:
                 PlannedStep(
                     action="clear-state",
                     target=f"{self.service_name}/{self.service_key}",
-                    detail=f"{len(self.state_keys)} state entries now"
+                    detail=f"{len(self.state_keys)} state "
+                    + ("entry" if len(self.state_keys) == 1 else "entries")
+                    + " when planned"
                     + (f": {', '.join(self.state_keys)}" if self.state_keys else ""),
                 )
             )
@@ -98,7 +100,7 @@ class RecoveryReport:
     def done(self) -> str:
         return (
             f"state cleared: {'yes' if self.state_cleared else 'no'}, "
-            f"purged {self.purged or 'none'}"
+            f"purged {', '.join(self.purged) or 'none'}"
         )
 
 
