@@ -4,6 +4,7 @@ open rows a dead process leaves, and finishes the database could not take at onc
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -285,3 +286,37 @@ async def test_a_lock_lost_under_its_writer_is_logged(
         with caplog.at_level("ERROR", logger="restate_recovery.leases"):
             leases.KEEPER.tick(database)
     assert any(holder in r.getMessage() and "was lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_process_ending_right_after_a_refused_finish_writes_it_before_it_exits(
+    tmp_path: Path,
+) -> None:
+    """A CLI call (or a flow's process) whose last finish the database refused does not exit
+    with it unwritten: it waits, bounded, for the keeper to write it."""
+    database = f"sqlite:///{tmp_path / 'audit.db'}"
+    script = """
+import asyncio, sqlalchemy as sa
+from restate_recovery import store
+from restate_recovery.audit import Attempt, AuditedAttempt
+real, refusals = store.finish_attempt, [True, True]
+def finish_attempt(**kwargs):
+    if refusals:
+        refusals.pop()
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is gone"))
+    real(**kwargs)
+store.finish_attempt = finish_attempt
+async def main():
+    audited = AuditedAttempt(Attempt(actor="u", role="ops", route="force-redeploy"))
+    print(await audited.start())
+    await audited.finish()
+asyncio.run(main())
+"""
+    env = {**os.environ, "RECOVERY_DATABASE_URL": database}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    attempt_id = int(done.stdout.split()[-1])
+    with Session(store.engine(database)) as session:
+        row = session.get(store.OperationAudit, attempt_id)
+    assert row is not None and row.finished_at is not None and row.outcome == "success"

@@ -17,10 +17,12 @@ the attempts run on.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +44,7 @@ LOCK_LEASE = timedelta(seconds=10)
 REAP_GRACE = timedelta(seconds=60)
 REAP_SECONDS = 15.0
 LOCK_POLL_SECONDS = 0.25
+EXIT_FLUSH_SECONDS = 10.0  # how long a process ending waits for its unwritten finishes
 
 
 def _start_time(pid: int) -> str | None:
@@ -106,8 +109,28 @@ class Keeper:
 
     def _ensure_started(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
+                atexit.register(self.flush, EXIT_FLUSH_SECONDS)
             self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
             self._thread.start()
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the finishes not yet written (at exit: a CLI call or a flow
+        process ending right after the database refused one); returns how many are left, each
+        then closed by a sweep as abandoned."""
+        deadline = time.monotonic() + timeout
+        while self.pending() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.1)
+        left = self.pending()
+        if left:
+            logger.error(
+                "%d audit row(s) not finished: the database did not answer for %g s; a sweep "
+                "will close them as abandoned",
+                left,
+                timeout,
+            )
+        return left
 
     def hold_attempt(self, attempt_id: int, url: str) -> None:
         with self._lock:

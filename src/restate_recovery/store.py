@@ -43,7 +43,7 @@ def db_now(session: Session) -> datetime:
     agrees on: leases are set and compared by it, so a host whose clock is off neither steals a
     live lock nor keeps a dead one. SQLite lives on one machine: its clock is that machine's."""
     if session.get_bind().dialect.name == "postgresql":
-        found = session.execute(sa.text("SELECT now()")).scalar_one()
+        found: datetime = session.execute(sa.text("SELECT now()")).scalar_one()
         return found if found.tzinfo else found.replace(tzinfo=UTC)
     return utcnow()
 
