@@ -18,7 +18,6 @@ from restate_recovery.doctor import probes
 from restate_recovery.models import (
     AdminReadout,
     DeploymentsReadout,
-    DoctorReadout,
     IngressReadout,
     InvocationsReadout,
     ServicesReadout,
@@ -50,9 +49,3 @@ async def probe_invocations(
     client: RestateAdminClient, timeout: float, on_sent: Callable[[], None] | None = None
 ) -> InvocationsReadout:
     return await probes.probe_invocations(client, timeout, on_sent)
-
-
-@task(name="doctor", cache_policy=NO_CACHE)
-async def doctor_readout(endpoints: probes.Endpoints) -> DoctorReadout:
-    """The whole readout in one task: the write runbooks' before and verify steps."""
-    return await probes.run_doctor(endpoints)

@@ -13,7 +13,7 @@ import yaml
 
 from restate_recovery.doctor.findings import RUNBOOK_LABEL, STATE_LABEL
 from restate_recovery.paths import PREFIX
-from restate_recovery.runbooks import DOCTOR, RUNBOOKS, WRITES, for_finding, runbook
+from restate_recovery.runbooks import DOCTOR, RUNBOOKS, WRITES, for_finding
 from tests.support.local_stack import PROJECT_DIR
 
 
@@ -111,6 +111,9 @@ def test_the_api_serves_a_route_per_runbook() -> None:
 def test_the_cli_has_a_command_per_runbook() -> None:
     from restate_recovery.cli.main import app
 
+    common = {"as_json", "reason", "dry_run"}
     for entry in RUNBOOKS:
-        assert entry.name in app.commands
-        assert runbook(entry.name) is entry
+        command = app.commands[entry.name]
+        options = {p.name for p in command.params} - common
+        # every field of the route's request is an option of its command, and nothing else
+        assert options == set(entry.request.model_fields), (entry.name, options)

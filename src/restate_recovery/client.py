@@ -31,13 +31,13 @@ from restate_recovery.models import (
     ServiceList,
     VersionInfo,
 )
+from restate_recovery.sql import INVOCATION_ID
 
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _DEPLOYMENT_ID = re.compile(r"^dp_[0-9a-zA-Z]+$")
-_INVOCATION_ID = re.compile(r"^inv_[0-9a-zA-Z]+$")
 _SERVICE_NAME = re.compile(r"^[a-zA-Z0-9_.-]+$")
 INVOCATION_ACTIONS = ("kill", "purge", "pause", "resume", "cancel")
 
@@ -60,7 +60,7 @@ class Routes:
     def invocation(invocation_id: str, action: str) -> str:
         if action not in INVOCATION_ACTIONS:
             raise ValueError(f"unknown invocation action {action!r}")
-        return f"/invocations/{_checked(_INVOCATION_ID, invocation_id, 'invocation id')}/{action}"
+        return f"/invocations/{_checked(INVOCATION_ID, invocation_id, 'invocation id')}/{action}"
 
     @staticmethod
     def service_state(service_name: str) -> str:

@@ -6,7 +6,7 @@ import re
 
 NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
 _NAME = re.compile(NAME_PATTERN)
-_INVOCATION_ID = re.compile(r"^inv_[0-9a-zA-Z]+$")
+INVOCATION_ID = re.compile(r"^inv_[0-9a-zA-Z]+$")  # also what the admin client puts in paths
 
 
 def literal(value: str) -> str:
@@ -24,10 +24,10 @@ def name_literal(value: str) -> str:
 
 
 def invocation_id_literal(value: str) -> str:
-    if not _INVOCATION_ID.fullmatch(value):
+    if not INVOCATION_ID.fullmatch(value):
         raise ValueError(f"{value!r} is not an invocation id")
     return literal(value)
 
 
 def is_invocation_id(value: str) -> bool:
-    return bool(_INVOCATION_ID.fullmatch(value))
+    return bool(INVOCATION_ID.fullmatch(value))

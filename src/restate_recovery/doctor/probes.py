@@ -32,6 +32,7 @@ from restate_recovery.models import (
     ServicesReadout,
     iso_utc,
 )
+from restate_recovery.schemas import absolute_http_url
 from restate_recovery.settings import Settings
 from restate_recovery.sql import invocation_id_literal
 
@@ -71,15 +72,13 @@ class Endpoints:
 
 
 def _valid_base_url(value: str | None) -> str | None:
+    """A configured URL, checked as a request's service URL is (``absolute_http_url``)."""
     if value is None or not value.strip():
         return None
     try:
-        url = httpx.URL(value.strip())
-    except (httpx.InvalidURL, TypeError, ValueError):
+        return str(httpx.URL(absolute_http_url(value.strip())))
+    except ValueError:
         return None
-    if url.scheme not in ("http", "https") or not url.host:
-        return None
-    return str(url)
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
