@@ -5,8 +5,10 @@ Symptom: doctor's recentFailures shows a workflow key whose run failed terminall
 Guard: the doctor must reach the admin API; then the key's run invocations decide: any active
 one refuses ``active-invocation``, a successful one ``already-succeeded``, an unreadable query
 ``query-failed`` (RESTATE_WORKFLOW_RETRY_BLOCKED, nothing touched).
-The one write: kill and purge each terminal-failed run invocation, clear the key's state, and read
-it back until it is empty (a failure part-way is ``purge-failed``, saying which steps ran).
+The one write: with the key's runs read again (they must be the planned ones, else
+RESTATE_RECOVERY_PLAN_CHANGED), clear the key's state (versioned, read back until empty) and purge
+each terminal-failed run invocation (a failure part-way is ``purge-failed``, saying which steps
+ran). No kill: a terminal failure is completed already.
 Verify: the doctor afterwards no longer lists the key among recent failures; the next submission
 of the key starts from blank state.
 Undo: none; the failed run's journal and state are gone by design. Rerunning is safe.
@@ -40,7 +42,7 @@ async def recover_stuck_workflow(
     require_approval: bool = False,
     alert: AlertContext | None = None,
 ) -> dict[str, Any] | State:
-    """Prepare one terminal-failed workflow key for retry: kill, clear its state, purge.
+    """Prepare one terminal-failed workflow key for retry: clear its state, purge its run.
 
     Args:
         request: The route's body: the workflow service name and the exact key of the failed

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    DeploymentFilter,
-    DeploymentFilterId,
-)
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import PrefectHTTPStatusError
@@ -32,12 +24,19 @@ from sqlmodel import Session
 
 from restate_recovery import store
 from tests.conftest import SESSION_DIR
-from tests.support.helpers import Receiver
+from tests.support.deployed import (
+    Deployed,
+    alert_body,
+    deployed_stack,
+    final_state,
+    records_of,
+    runs_of,
+    send_alert,
+    wait_for_run,
+)
 from tests.support.local_stack import (
     PROJECT_DIR,
-    OperatorApi,
     PrefectServer,
-    RestateServer,
     SampleService,
     submit_workflow,
     wait_for_status,
@@ -51,144 +50,10 @@ BIN = Path(sys.executable).parent
 WORKFLOW = "IdentityRecoveryWorkflow"
 
 
-@dataclass
-class Deployed:
-    restate: RestateServer
-    service_url: str
-    env: dict[str, str]
-    api: OperatorApi
-    key: str
-    worker: subprocess.Popen[bytes]
-    approvals: Receiver  # the approvers' webhook
-
-    def stop_worker(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s: a run paused for approval (a finding of the 5-minute
-        schedule can start one at any time) keeps its process, and the worker waits for it."""
-        if self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait(timeout=30)
-
-
-def run(args: list[str], env: dict[str, str]) -> str:
-    result = subprocess.run(
-        args, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]} {result.stderr[-3000:]}"
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def deployed(prefect_server: PrefectServer, sample_service: SampleService) -> Iterator[Deployed]:
-    """Own restate-server (so only this module's findings drive automations), prefect.yaml
-    deployed, a process worker, the automations applied, and the operator API."""
-    home = SESSION_DIR / "deployed"
-    restate = RestateServer(home / "restate").start()
-    restate.register(sample_service.url)
-    approvals = Receiver().__enter__()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
-    env.update(
-        {
-            "RESTATE_ADMIN_URL": restate.admin_url,
-            "RESTATE_INGRESS_URL": restate.ingress_url,
-            "RESTATE_SERVICE_URL": sample_service.url,
-            "RESTATE_RECOVERY_CHECKOUT": str(PROJECT_DIR),
-            "RECOVERY_DATABASE_URL": f"sqlite:///{home / 'audit.db'}",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "RECOVERY_APPROVAL_WEBHOOK_URL": approvals.url,
-        }
-    )
-    run([str(BIN / "prefect"), "work-pool", "create", "restate-recovery", "--type", "process"], env)
-    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-    worker_log = (home / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "restate-recovery"],
-        env=env,
-        cwd=PROJECT_DIR,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    run([str(BIN / "restate-recovery"), "automations", "apply"], env)
-    api = OperatorApi(env=env, log_path=home / "api.log").start()
-    key = api.create_key(actor="alert_bot", role="automation", permissions=["system:operate"])
-    asyncio.run(wait_until_automations_are_live())
-    try:
-        deployed = Deployed(restate, sample_service.url, env, api, key, worker, approvals)
-        yield deployed
-    finally:
-        api.stop()
-        deployed.stop_worker()
-        restate.stop()
-        approvals.__exit__()
-
-
-async def wait_until_automations_are_live(timeout: float = 60) -> None:
-    """An event sent just after an automation is created may arrive before Prefect's trigger
-    service has loaded it. A canary automation, created after the others, is sent events until
-    it acts: the trigger service then has every automation created before it."""
-    from prefect.automations import Automation
-    from prefect.events import Event
-    from prefect.events.actions import DoNothing
-    from prefect.events.clients import get_events_client
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.settings import PREFECT_API_URL
-
-    canary = await Automation(
-        name=f"tests-canary-{uuid.uuid4().hex[:8]}",
-        trigger=EventTrigger(
-            expect={"restate.tests.canary"}, posture=Posture.Reactive, threshold=1
-        ),
-        actions=[DoNothing()],
-    ).acreate()
-    assert canary.id is not None
-    acted = {"event": {"name": ["prefect.automation.action.executed"]},
-             "resource": {"id": [f"prefect.automation.{canary.id}"]}}  # fmt: skip
-    deadline = time.monotonic() + timeout
-    try:
-        async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=10) as http:
-            while True:
-                async with get_events_client(checkpoint_every=1) as events:
-                    await events.emit(
-                        Event(event="restate.tests.canary", resource={"prefect.resource.id": "t"})
-                    )
-                await asyncio.sleep(1)
-                found = await http.post("/events/filter", json={"filter": acted, "limit": 1})
-                if found.json()["events"]:
-                    return
-                assert time.monotonic() < deadline, "the trigger service never loaded automations"
-    finally:
-        async with get_client() as client:
-            await client.delete_automation(canary.id)
-
-
-async def runs_of(deployment_name: str) -> list[FlowRun]:
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(deployment_name)
-        return await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-        )
-
-
-async def wait_for_run(
-    deployment_name: str, state: str, known: set[Any], timeout: float = 120, match: str = ""
-) -> FlowRun:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for flow_run in await runs_of(deployment_name):
-            if (
-                flow_run.id not in known
-                and match in flow_run.name
-                and flow_run.state
-                and flow_run.state.type.value == state
-            ):
-                return flow_run
-        await asyncio.sleep(1)
-    raise AssertionError(f"no new {state} run of {deployment_name} within {timeout} s")
+    with deployed_stack(SESSION_DIR / "deployed", sample_service.url) as stack:
+        yield stack
 
 
 def failed_key(deployed: Deployed, prefix: str) -> tuple[str, str]:
@@ -329,49 +194,9 @@ async def test_manual_runs_of_each_write_deployment_are_named_and_audited(
     assert "out of range" in port_row["error"]["message"]
 
 
-def alert_body(summary: str) -> dict[str, Any]:
-    return {
-        "version": "4",
-        "status": "firing",
-        "receiver": "restate-recovery",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "RestateWorkflowFailures", "severity": "page"},
-                "annotations": {"summary": summary},
-                "startsAt": f"2026-12-01T10:00:00.{uuid.uuid4().int % 1000:03d}Z",
-                "fingerprint": uuid.uuid4().hex[:16],
-            }
-        ],
-    }
-
-
-def send_alert(deployed: Deployed, body: dict[str, Any]) -> None:
-    for _ in range(2):  # Alertmanager re-delivers: one event, one doctor run
-        response = httpx.post(
-            f"{deployed.api.url}/api/v2/admin/operator/restate/alerts",
-            json=body,
-            headers={"X-Api-Key": deployed.key},
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-        assert response.json() == {"acknowledged": True, "events": 1}
-
-
 async def runs_for_key(key: str) -> list[FlowRun]:
     runs = await runs_of(WRITES["recover-stuck-workflow"])
     return [r for r in runs if r.name.startswith(f"recover-stuck-workflow/{WORKFLOW}/{key}")]
-
-
-async def records_of(flow_run_id: Any) -> list[str]:
-    """The artifacts a run left, the newest version first (a record is published again as the
-    run goes on)."""
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    artifacts.sort(key=lambda a: a.created or 0, reverse=True)
-    return [str(a.data) for a in artifacts]
 
 
 async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_one_write(
@@ -466,16 +291,6 @@ async def test_a_rejection_ends_the_run_cancelled_and_the_key_quiet_until_a_new_
         second.id, run_input={"decision": "reject", "approver": "bob", "reason": "still no"}
     )
     await final_state(second.id)
-
-
-async def final_state(flow_run_id: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    async with get_client() as client:
-        while (state := (await client.read_flow_run(flow_run_id)).state) and not state.is_final():
-            assert time.monotonic() < deadline, state
-            await asyncio.sleep(1)
-    assert state is not None
-    return state
 
 
 async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
