@@ -18,12 +18,13 @@ from restate_recovery.client import RestateAdminClient
 from restate_recovery.doctor.probes import Endpoints
 from restate_recovery.errors import OperatorError
 from restate_recovery.execution import note_write
-from restate_recovery.runbooks import cleanup, recover, redeploy
+from restate_recovery.runbooks import cleanup, recover, redeploy, resume
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     ForceRedeployRequest,
     PlannedStep,
     RecoverStuckWorkflowRequest,
+    ResumePausedInvocationsRequest,
     WriteOutcome,
 )
 from restate_recovery.settings import get_settings
@@ -96,4 +97,18 @@ async def recover_workflow_key(
         return await _noted(
             f"recover {request.target}",
             recover.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
+        )
+
+
+@task(name="resume-invocations", cache_policy=NO_CACHE, retries=0)
+async def resume_invocations(
+    endpoints: Endpoints,
+    request: ResumePausedInvocationsRequest,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
+) -> WriteOutcome:
+    async with _admin(endpoints) as client:
+        return await _noted(
+            f"resume {request.target}",
+            resume.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
         )

@@ -146,6 +146,41 @@ def test_a_write_is_signed_by_the_key_and_the_reason_kept(
     assert rows[0]["reason"] == "INC-12 réplay"
 
 
+def test_paused_invocations_are_resumed_through_the_api_and_audited(
+    api: OperatorApi, key: str, restate: RestateStack
+) -> None:
+    """resume-paused-invocations over the operator API: the plan, the resume on ``keep``, the
+    refusal of an unknown deployment, each with its audit row signed by the key."""
+    paused = submit_workflow(
+        restate.ingress_url, f"cli_{uuid.uuid4().hex[:8]}", "x", workflow="FlakyWorkflow"
+    )
+    wait_for_status(restate.admin_url, paused, "paused")
+    args = ["resume-paused-invocations", "--invocation-id", paused]
+    env = operator_env(api.url, key)
+
+    plan = cli(*args, "--deployment", "keep", "--dry-run", "--json", env=env)
+    done = cli(
+        *args, "--deployment", "keep", "--reason", "INC-20 fixed upstream", "--json", env=env
+    )
+    missing = cli(*args, "--deployment", "dp_1nothere", "--json", env=env)
+
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["plan"] == [
+        {"action": "resume", "target": paused, "detail": "FlakyWorkflow on keep"}
+    ]
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"acknowledged": True, "resumed": [paused], "skipped": []}
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["code"] == "RESTATE_DEPLOYMENT_NOT_FOUND"
+    rows = [r for r in audit_rows(api) if r["arguments"].get("invocationId") == paused]
+    assert [(r["route"], r["outcome"], r["actorUserId"]) for r in rows] == [
+        ("resume-paused-invocations", "failure", "user_ops_7"),
+        ("resume-paused-invocations", "success", "user_ops_7"),
+        ("resume-paused-invocations", "success", "user_ops_7"),
+    ]
+    httpx.patch(f"{restate.admin_url}/invocations/{paused}/kill", timeout=10)
+
+
 def test_the_actor_cannot_be_forged_remotely(api: OperatorApi, key: str) -> None:
     """The CLI has no way to say who is asking, and the API ignores anything that tries."""
     flag = cli("doctor", "--actor", "mallory", env=operator_env(api.url, key))

@@ -8,6 +8,8 @@
     └── OperatorError                  the route's own error, with the spec's code
         ├── AdminUnreachableError      RESTATE_ADMIN_UNREACHABLE      (HTTP 503)
         ├── DeploymentNotFoundError    RESTATE_DEPLOYMENT_NOT_FOUND   (HTTP 404)
+        ├── InvocationNotFoundError    RESTATE_INVOCATION_NOT_FOUND   (HTTP 404)
+        ├── QueryFailedError           RESTATE_QUERY_FAILED           (HTTP 502, Restate refused a read)
         ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
@@ -127,6 +129,18 @@ class AdminUnreachableError(OperatorError):
 class DeploymentNotFoundError(OperatorError):
     code = DEPLOYMENT_NOT_FOUND
     http_status = 404
+
+
+class InvocationNotFoundError(OperatorError):
+    code = "RESTATE_INVOCATION_NOT_FOUND"
+    http_status = 404
+
+
+class QueryFailedError(OperatorError):
+    """Restate answered a read (a query, a listing) with an error: nothing was written."""
+
+    code = "RESTATE_QUERY_FAILED"
+    http_status = 502
 
 
 class RetryBlockedError(OperatorError):

@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from restate_recovery.errors import InvalidRequestError, PlanChangedError
@@ -150,6 +151,83 @@ class RecoverStuckWorkflowRequest(RequestModel):
     @property
     def target(self) -> str:
         return f"{self.service_name}/{self.service_key}"
+
+
+DEPLOYMENT_CHOICE = r"^(keep|latest|dp_[0-9a-zA-Z]+)$"
+INVOCATION_ID_PATTERN = r"^inv_[0-9a-zA-Z]+$"
+
+
+class ResumePausedInvocationsRequest(RequestModel):
+    """Which paused invocations to resume, and on which deployment. Exactly one selection: one
+    invocation id, or a service (and optionally one key)."""
+
+    invocation_id: str | None = Field(
+        default=None,
+        title="Invocation id",
+        description="One invocation (inv_...), e.g. from the doctor's recentFailures.",
+        pattern=INVOCATION_ID_PATTERN,
+        max_length=64,
+    )
+    service_name: str | None = Field(
+        default=None,
+        title="Service name",
+        description="Every paused invocation of this service (or of one key of it).",
+        pattern=NAME_PATTERN,
+        max_length=255,
+    )
+    service_key: str | None = Field(
+        default=None,
+        title="Service key",
+        description="Only this key of the service.",
+        pattern=NAME_PATTERN,
+        max_length=255,
+    )
+    deployment: str = Field(
+        default="latest",
+        title="Deployment",
+        description="Where they run on: latest (the service's newest deployment, e.g. with the "
+        "fix), keep (the one each is pinned to), or a deployment id (dp_...) that serves them.",
+        pattern=DEPLOYMENT_CHOICE,
+        max_length=64,
+    )
+    limit: int = Field(
+        default=100,
+        ge=1,
+        le=500,
+        title="Limit",
+        description="At most this many invocations of a service selection (newest first).",
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ResumePausedInvocationsRequest:
+        if (self.invocation_id is None) == (self.service_name is None):
+            raise ValueError("give either invocationId or serviceName (not both)")
+        if self.service_key is not None and self.service_name is None:
+            raise ValueError("serviceKey needs serviceName")
+        return self
+
+    @property
+    def target(self) -> str:
+        if self.invocation_id is not None:
+            return self.invocation_id
+        return (
+            f"{self.service_name}/{self.service_key}"
+            if self.service_key
+            else f"{self.service_name}/*"
+        )
+
+
+class SkippedInvocation(ApiModel):
+    id: str
+    status: str
+
+
+class ResumedInvocations(ApiModel):
+    """What resume-paused-invocations answers: which it resumed, which it left and why."""
+
+    acknowledged: Literal[True] = True
+    resumed: list[str] = Field(default_factory=list)
+    skipped: list[SkippedInvocation] = Field(default_factory=list)
 
 
 class DoctorRequest(RequestModel):

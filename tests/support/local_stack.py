@@ -205,6 +205,7 @@ class SampleService:
     log_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # e.g. SAMPLE_SERVICE_FIXED=1
 
     @property
     def url(self) -> str:
@@ -228,6 +229,7 @@ class SampleService:
             log_path=self.log_dir / "sample-service.log",
             probe=self._listening,
             timeout_s=timeout_s,
+            env={**os.environ, **self.env} if self.env else None,
         )
         return self
 

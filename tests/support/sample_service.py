@@ -8,11 +8,14 @@ Served by hypercorn (``hypercorn tests.support.sample_service:app``). Each run o
 - ``sleep``: writes a marker, sleeps ``seconds`` (stays active), then succeeds;
 - ``retry``: writes a marker, then raises a retryable error on every attempt (stays ``backing-off``).
 
-``FlakyWorkflow`` fails retryably and pauses after two attempts, for the ``paused`` status.
+``FlakyWorkflow`` fails retryably and pauses after two attempts, for the ``paused`` status; a
+service started with ``SAMPLE_SERVICE_FIXED=1`` is the fixed version (its runs succeed), one
+with ``SAMPLE_SERVICE_ONLY=<name>`` serves only that service.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -57,9 +60,10 @@ async def status(ctx: restate.WorkflowSharedContext) -> str | None:
 
 @flaky.main(name="run")
 async def flaky_run(ctx: restate.WorkflowContext, request: dict[str, Any]) -> str:
-    if request.get("mode") != "never-fail":
+    if request.get("mode") != "never-fail" and not os.environ.get("SAMPLE_SERVICE_FIXED"):
         raise RetryableFailure("flaky dependency refused the call")
     return "done"
 
 
-app = restate.app(services=[workflow, flaky])
+ONLY = os.environ.get("SAMPLE_SERVICE_ONLY")
+app = restate.app(services=[s for s in (workflow, flaky) if ONLY in (None, s.name)])

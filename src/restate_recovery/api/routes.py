@@ -1,5 +1,6 @@
 """The operator routes, under ``/api/v2/admin/operator/restate/``: the spec's four (doctor,
-force-redeploy, cleanup-stale-deployments, recover-stuck-workflow) and the Alertmanager receiver.
+force-redeploy, cleanup-stale-deployments, recover-stuck-workflow), resume-paused-invocations
+(beside them) and the Alertmanager receiver.
 
 Each takes the spec's body (camelCase, unknown fields refused) and answers with the spec's body.
 A write runs its Prefect flow in this process and answers once the flow has finished; with
@@ -26,6 +27,7 @@ from restate_recovery.runbooks import (
     DOCTOR,
     FORCE_REDEPLOY,
     RECOVER_STUCK_WORKFLOW,
+    RESUME_PAUSED_INVOCATIONS,
 )
 from restate_recovery.schemas import (
     Acknowledged,
@@ -35,6 +37,8 @@ from restate_recovery.schemas import (
     ForceRedeployRequest,
     RecoverStuckWorkflowRequest,
     Redeployed,
+    ResumedInvocations,
+    ResumePausedInvocationsRequest,
 )
 
 router = APIRouter(prefix=PREFIX, responses=ERROR_RESPONSES)
@@ -97,6 +101,21 @@ async def recover_stuck_workflow(
     dry_run: DryRunDep = False,
 ) -> dict[str, Any]:
     return await runner.run(RECOVER_STUCK_WORKFLOW, body, call, dry_run=dry_run)
+
+
+@router.post(
+    "/resume-paused-invocations",
+    response_model=ResumedInvocations | DryRunResult,
+    responses={**NOT_FOUND, **BLOCKED},
+    summary=RESUME_PAUSED_INVOCATIONS.summary,
+)
+async def resume_paused_invocations(
+    call: CallDep,
+    runner: RunnerDep,
+    body: ResumePausedInvocationsRequest,
+    dry_run: DryRunDep = False,
+) -> dict[str, Any]:
+    return await runner.run(RESUME_PAUSED_INVOCATIONS, body, call, dry_run=dry_run)
 
 
 class AlertsAccepted(BaseModel):

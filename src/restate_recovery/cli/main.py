@@ -174,9 +174,45 @@ def cleanup_stale_deployments(
 def recover_stuck_workflow(
     service_name: str, service_key: str, dry_run: bool, reason: str | None, as_json: bool
 ) -> None:
-    """Kill and purge a terminal-failed workflow key's runs and clear its state."""
+    """Clear a terminal-failed workflow key's state and purge its run (it runs again blank)."""
     body = {"serviceName": service_name, "serviceKey": service_key}
     run_runbook("recover-stuck-workflow", body, reason=reason, dry_run=dry_run, as_json=as_json)
+
+
+@app.command("resume-paused-invocations")
+@click.option("--invocation-id", default=None, help="One invocation (inv_...).")
+@click.option("--service-name", default=None, help="Every paused invocation of this service.")
+@click.option("--service-key", default=None, help="Only this key of the service.")
+@click.option(
+    "--deployment",
+    default="latest",
+    show_default=True,
+    help="latest, keep, or a deployment id (dp_...) that serves them.",
+)
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@dry_run_option
+@reason_option
+@json_option
+def resume_paused_invocations(
+    invocation_id: str | None,
+    service_name: str | None,
+    service_key: str | None,
+    deployment: str,
+    limit: int,
+    dry_run: bool,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Resume paused invocations (one id, or a service's or key's) on a deployment."""
+    body: dict[str, object] = {"deployment": deployment, "limit": limit}
+    for name, value in (
+        ("invocationId", invocation_id),
+        ("serviceName", service_name),
+        ("serviceKey", service_key),
+    ):
+        if value is not None:
+            body[name] = value
+    run_runbook("resume-paused-invocations", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ failure | recover-stuck-workflow |
 not registered | force-redeploy |
 | ``restate.doctor.deployments.multiple`` (``restate.deployments``) | more than one deployment | \
 cleanup-stale-deployments |
+| ``restate.doctor.invocation.paused`` (``restate.invocation.<id>``) | an invocation is paused (its \
+retries used up) | resume-paused-invocations (on ``latest``) |
 
 A finding that maps to a runbook (an *actionable* one) names it in its resource (label
 ``restate.runbook``) and carries, in its payload: ``runbook``, ``request`` (the route's body, ready
@@ -36,6 +38,7 @@ UNHEALTHY = "restate.doctor.component.unhealthy"
 TERMINAL_FAILED = "restate.doctor.workflow.terminal-failed"
 UNREGISTERED = "restate.doctor.service-url.unregistered"
 MULTIPLE_DEPLOYMENTS = "restate.doctor.deployments.multiple"
+PAUSED = "restate.doctor.invocation.paused"
 
 RUNBOOK_LABEL = "restate.runbook"
 STATE_LABEL = "restate.finding.state"
@@ -142,6 +145,29 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
                 serviceKey=key[1],
                 invocationId=failure.id,
                 failedAt=failure.failed_at,
+                errorMessage=error,
+            )
+        )
+    for failure in readout.invocations.recent_failures:
+        if failure.status != "paused":
+            continue
+        error = redact_text(failure.error_message or "")
+        findings.append(
+            _actionable(
+                PAUSED,
+                {
+                    "prefect.resource.id": f"restate.invocation.{failure.id}",
+                    "restate.invocation-id": failure.id,
+                },
+                "resume-paused-invocations",
+                {"invocationId": failure.id, "deployment": "latest"},
+                identity=f"{failure.id}|{failure.failed_at}",
+                reason=f"doctor: {failure.id} ({failure.service_name}/{failure.service_key}) is "
+                f"paused ({error or 'no message'}); resume it on the latest deployment once "
+                "the cause is fixed",
+                invocationId=failure.id,
+                serviceName=failure.service_name,
+                serviceKey=failure.service_key,
                 errorMessage=error,
             )
         )

@@ -28,6 +28,8 @@ from restate_recovery.schemas import (
     RecoverStuckWorkflowRequest,
     Redeployed,
     RequestModel,
+    ResumedInvocations,
+    ResumePausedInvocationsRequest,
 )
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ CLEANUP_STALE_DEPLOYMENTS = Runbook(
 RECOVER_STUCK_WORKFLOW = Runbook(
     name="recover-stuck-workflow",
     flow_name="recover-stuck-workflow",
-    summary="Kill and purge a terminal-failed workflow key and clear its state",
+    summary="Clear a terminal-failed workflow key's state and purge its run: it runs again blank",
     request=RecoverStuckWorkflowRequest,
     response=Acknowledged,
     module="flows.recover_stuck_workflow",
@@ -152,11 +154,26 @@ RECOVER_STUCK_WORKFLOW = Runbook(
     finding="restate.doctor.workflow.terminal-failed",
 )
 
+RESUME_PAUSED_INVOCATIONS = Runbook(
+    name="resume-paused-invocations",
+    flow_name="resume-paused-invocations",
+    summary="Resume paused invocations (one id, or a service's or key's) on keep, latest or a "
+    "named deployment",
+    request=ResumePausedInvocationsRequest,
+    response=ResumedInvocations,
+    module="flows.resume_paused_invocations",
+    function="resume_paused_invocations",
+    deployment="resume",
+    lock="invocations:{invocation_id}:{service_name}:{service_key}",
+    finding="restate.doctor.invocation.paused",
+)
+
 RUNBOOKS: tuple[Runbook, ...] = (
     DOCTOR,
     FORCE_REDEPLOY,
     CLEANUP_STALE_DEPLOYMENTS,
     RECOVER_STUCK_WORKFLOW,
+    RESUME_PAUSED_INVOCATIONS,
 )
 WRITES: tuple[Runbook, ...] = tuple(r for r in RUNBOOKS if r.writes)
 
