@@ -283,6 +283,38 @@ async def test_cleanup_never_rolls_a_service_back_by_deleting_its_latest_revisio
     assert deployments(fresh_env.admin_url) == {fresh_env.deployment_id: keep}
 
 
+async def test_cleanup_keeps_a_deployment_that_unpinned_paused_work_may_need(
+    prefect_server: PrefectServer, fresh_env: RestateStack, second_service: SampleService
+) -> None:
+    """A run paused on the stale deployment shows no pinned deployment (Restate 1.7): it may need
+    it, so the stale deployment stays (the plan says why) unless forceDrain, which deletes it and
+    kills nothing it cannot tie to it (the paused run stays paused)."""
+    stale_id = fresh_env.server.register(second_service.url)
+    paused = submit_workflow(fresh_env.ingress_url, "flaky_1", "x", workflow="FlakyWorkflow")
+    wait_for_status(fresh_env.admin_url, paused, "paused")
+    rows = httpx.post(
+        f"{fresh_env.admin_url}/query",
+        json={"query": f"SELECT pinned_deployment_id FROM sys_invocation WHERE id = '{paused}'"},
+        headers={"accept": "application/json"},
+        timeout=10,
+    ).json()["rows"]
+    assert rows == [{}]  # no pinned deployment, although it ran (twice) on the stale one
+    make_kept_latest(fresh_env)
+    keep = fresh_env.service_url + "/"
+
+    planned = await run_flow("cleanup-stale-deployments", service_url=keep, dry_run=True)
+    left = await run_flow("cleanup-stale-deployments", service_url=keep)
+
+    (skip,) = [s for s in planned["plan"] if s["target"] == stale_id]
+    assert skip["action"] == "skip" and paused in skip["detail"]
+    assert left == {"acknowledged": True}
+    assert stale_id in deployments(fresh_env.admin_url)
+    forced = await run_flow("cleanup-stale-deployments", service_url=keep, force_drain=True)
+    assert forced == {"acknowledged": True}
+    assert stale_id not in deployments(fresh_env.admin_url)
+    assert query_status(fresh_env.admin_url, paused) == "paused"  # not killed
+
+
 def test_cleanup_spares_a_deployment_holding_a_latest_revision() -> None:
     """Plan only: a stale deployment holding the latest revision of a service is skipped unless
     forceDrain, whether or not the kept one serves that service too."""

@@ -22,6 +22,12 @@ revision (Restate falls back to the previous one) or leave it with none. It is l
 ``forceDrain``; to keep a URL registered before it, register that URL again first
 (force-redeploy: it then holds the latest revision) and clean up after.
 
+Work Restate shows with no pinned deployment although it has started (``paused``, and
+``backing-off``, ``running`` or ``suspended`` rows without one: Restate 1.7 leaves a paused
+invocation unpinned) may need any deployment serving its service: a stale deployment serving such
+a service is left in place unless ``forceDrain`` (which deletes it and kills none of that work:
+it is not known to be its). Resume or recover that work first.
+
 Per-deployment failures are logged and reported; they do not change the response.
 """
 
@@ -66,6 +72,7 @@ class StaleDeployment:
     latest_for: list[str]  # services whose latest revision this deployment holds
     pinned_statuses: dict[str, str] = field(default_factory=dict)  # invocation id -> status
     http_11: bool = False  # registered over HTTP/1.1: Restate discovers it that way too
+    unpinned: list[str] = field(default_factory=list)  # started work of its services, no pin
 
     @property
     def protected(self) -> bool:
@@ -94,6 +101,16 @@ class CleanupPlan:
                     )
                 )
                 continue
+            if d.unpinned and not self.force_drain:
+                steps.append(
+                    PlannedStep(
+                        action="skip",
+                        target=d.id,
+                        detail=f"{len(d.unpinned)} started invocations of its services carry no "
+                        f"pinned deployment and may need it: {', '.join(d.unpinned[:20])}",
+                    )
+                )
+                continue
             if d.pinned:
                 how = "kill" if self.force_drain else "drain (kill if Restate cannot reach it)"
                 steps.append(
@@ -116,6 +133,12 @@ class CleanupReport:
     failures: dict[str, str] = field(default_factory=dict)
 
 
+UNPINNED_SQL = (
+    "SELECT id, target_service_name, status FROM sys_invocation WHERE pinned_deployment_id IS NULL "
+    "AND status IN ('paused', 'backing-off', 'running', 'suspended')"
+)
+
+
 def pinned_sql(deployment_ids: list[str]) -> str:
     ids = ", ".join(literal(i) for i in deployment_ids)
     return (
@@ -135,6 +158,7 @@ def build_plan(
     services: list[ServiceInfo],
     pinned_rows: list[dict[str, object]],
     request: CleanupStaleDeploymentsRequest,
+    unpinned_rows: list[dict[str, object]] | None = None,
 ) -> CleanupPlan:
     """Pure: which deployment to keep, and what to do with every other one."""
     matches = [d for d in deployments if d.service_url == request.service_url]
@@ -151,6 +175,9 @@ def build_plan(
         deployment_id, invocation_id = str(row.get("pinned_deployment_id")), str(row.get("id"))
         pinned[deployment_id].append(invocation_id)
         statuses[deployment_id][invocation_id] = str(row.get("status"))
+    unpinned: dict[str, list[str]] = defaultdict(list)  # service -> its started, unpinned work
+    for row in unpinned_rows or []:
+        unpinned[str(row.get("target_service_name"))].append(str(row.get("id")))
     stale = [
         StaleDeployment(
             id=d.id,
@@ -159,6 +186,7 @@ def build_plan(
             latest_for=latest_services(d, services),
             pinned_statuses=dict(statuses.get(d.id, {})),
             http_11=d.http_version == "HTTP/1.1",
+            unpinned=sorted(i for s in d.services for i in unpinned.get(s.name, [])),
         )
         for d in deployments
         if d.id != keep.id
@@ -176,12 +204,22 @@ async def plan_cleanup(
         raise AdminUnreachableError(f"Cannot list Restate deployments: {exc}") from exc
     others = [d.id for d in deployments if d.service_url != request.service_url]
     rows: list[dict[str, object]] = []
+    unpinned: list[dict[str, object]] = []
     if others:
         try:
-            rows = await client.query(pinned_sql(others), timeout=timeout)
+            rows, unpinned = await asyncio.gather(
+                client.query(pinned_sql(others), timeout=timeout),
+                client.query(UNPINNED_SQL, timeout=timeout),
+            )
         except RestateError as exc:
             raise AdminUnreachableError(f"Cannot read pinned invocations: {exc}") from exc
-    return build_plan(deployments=deployments, services=services, pinned_rows=rows, request=request)
+    return build_plan(
+        deployments=deployments,
+        services=services,
+        pinned_rows=rows,
+        request=request,
+        unpinned_rows=unpinned,
+    )
 
 
 # What Restate says (META0003) when its discovery could not open a connection to the service at
@@ -272,6 +310,13 @@ async def _clean_one(
             "left in place: it holds the latest revision of "
             + ", ".join(stale.latest_for)
             + " (register the kept URL again first, or use forceDrain to delete it anyway)"
+        )
+        return
+    if stale.unpinned and not plan.force_drain:
+        report.failures[stale.id] = (
+            f"left in place: {len(stale.unpinned)} started invocations of its services carry no "
+            f"pinned deployment and may need it ({', '.join(stale.unpinned[:20])}); resume or "
+            "recover them first, or use forceDrain"
         )
         return
     pinned = stale.pinned
