@@ -40,6 +40,17 @@ os.environ["PREFECT_HOME"] = str(SESSION / "prefect-client")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
+from tests.support.local_stack import (  # noqa: E402
+    PrefectServer,
+    SampleService,
+    free_port,
+    submit_workflow,
+    wait_for_status,
+)
+
+PORT = free_port()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PORT}/api"
+
 from prefect.flow_runs import aresume_flow_run  # noqa: E402
 
 from tests.support.deployed import (  # noqa: E402
@@ -51,16 +62,6 @@ from tests.support.deployed import (  # noqa: E402
     send_alert,
     wait_for_run,
 )
-from tests.support.local_stack import (  # noqa: E402
-    PrefectServer,
-    SampleService,
-    free_port,
-    submit_workflow,
-    wait_for_status,
-)
-
-PORT = free_port()
-os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PORT}/api"
 
 WORKFLOW = "IdentityRecoveryWorkflow"
 RECOVER = "recover-stuck-workflow/recover"
