@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ from prefect.client.schemas.filters import (
 )
 
 from restate_recovery.client import RestateAdminClient
-from restate_recovery.errors import PlanChangedError, RetryBlockedError
+from restate_recovery.errors import PlanChangedError, RetryBlockedError, TimerPendingError
 from restate_recovery.runbooks import recover as recover_runbook
 from restate_recovery.schemas import RecoverStuckWorkflowRequest
 from restate_recovery.settings import get_settings
@@ -454,3 +456,74 @@ async def test_a_write_made_is_answered_done_when_the_verify_doctor_fails(
     (record,) = await artifacts_of_runs_named(f"recover-stuck-workflow/{WORKFLOW}/{key}")
     assert "not verified: the verify-doctor failed" in record
     assert "acknowledged" in record
+
+
+def sleep_of(admin_url: str, invocation_id: str) -> float:
+    """When the run's sleep was due (Restate's own record, epoch seconds)."""
+    (row,) = query(
+        admin_url,
+        f"SELECT entry_json FROM sys_journal WHERE id = '{invocation_id}' "
+        "AND entry_type = 'Command: Sleep'",
+    )
+    return float(json.loads(row["entry_json"])["Command"]["Sleep"]["wake_up_time"]) / 1000
+
+
+def completed_at(admin_url: str, invocation_id: str) -> float:
+    (row,) = query(
+        admin_url, f"SELECT completed_at FROM sys_invocation WHERE id = '{invocation_id}'"
+    )
+    return datetime.fromisoformat(row["completed_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_killed_runs_timer_never_wakes_the_keys_next_run(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    """restatedev/restate#5425 (reproduced on 1.7.12: purged right away, a killed run's timer
+    ended the next run's 12 s sleep after 3 s). The recovery waits for the timer to pass before
+    it purges; the next run then sleeps its full time (it completes after its own wake-up)."""
+    key = new_key("timer")
+    killed = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=12)
+    deadline = time.monotonic() + 30
+    while state_of(restate_env.admin_url, key) != {"attempt-marker": '"sleep"'}:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    httpx.patch(f"{restate_env.admin_url}/invocations/{killed}/kill", timeout=10)
+    wait_for_status(restate_env.admin_url, killed, "completed")
+    due = sleep_of(restate_env.admin_url, killed)
+
+    planned = await recover(key, dry_run=True)
+    assert await recover(key) == {"acknowledged": True}
+
+    purged_at = time.time()
+    rerun = httpx.post(
+        f"{restate_env.ingress_url}/{WORKFLOW}/{key}/run",
+        json={"mode": "sleep", "seconds": 10},  # due after the killed run's: it could wake it
+        timeout=60,
+    )
+    assert rerun.status_code == 200, rerun.text
+    (again,) = [r["id"] for r in invocations_of(restate_env.admin_url, key)]
+    assert completed_at(restate_env.admin_url, again) >= sleep_of(restate_env.admin_url, again)
+    assert purged_at > due  # purged only once the killed run's timer had passed
+    assert [s["action"] for s in planned["plan"]] == ["clear-state", "wait", "purge"]
+
+
+async def test_a_killed_runs_timer_due_later_than_the_wait_is_refused(
+    prefect_server: PrefectServer, restate_env: RestateStack, settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("RECOVERY_TIMER_WAIT_SECONDS", "1")
+    get_settings.cache_clear()
+    key = new_key("latertimer")
+    killed = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=600)
+    deadline = time.monotonic() + 30
+    while state_of(restate_env.admin_url, key) != {"attempt-marker": '"sleep"'}:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    httpx.patch(f"{restate_env.admin_url}/invocations/{killed}/kill", timeout=10)
+    wait_for_status(restate_env.admin_url, killed, "completed")
+
+    with pytest.raises(TimerPendingError) as info:
+        await recover(key)
+
+    assert info.value.http_status == 409 and killed in info.value.message
+    assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [killed]  # not purged
+    assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"sleep"'}  # not cleared

@@ -12,6 +12,7 @@
         ├── QueryFailedError           RESTATE_QUERY_FAILED           (HTTP 502, Restate refused a read)
         ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
+        ├── TimerPendingError          RESTATE_WORKFLOW_TIMER_PENDING (HTTP 409, a killed run's timer)
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
         ├── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
         ├── PlanPendingError           RESTATE_RECOVERY_PLAN_PENDING  (409, a plan already waits)
@@ -165,6 +166,14 @@ class RecoveryInProgressError(OperatorError):
     """Another write runbook holds the same target and did not finish within the lock timeout."""
 
     code = "RESTATE_RECOVERY_IN_PROGRESS"
+    http_status = 409
+
+
+class TimerPendingError(OperatorError):
+    """A killed run still has a timer due: purged now, its key's next run would be woken by it
+    (restatedev/restate#5425, in Restate before 1.8.0). Nothing was written; retry after it."""
+
+    code = "RESTATE_WORKFLOW_TIMER_PENDING"
     http_status = 409
 
 

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How long a write waits for another on the same target",
     )
+    recovery_timer_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long a recovery waits for a killed run's timer to pass before purging "
+        "it (restatedev/restate#5425); one due later is refused",
+    )
 
 
 @lru_cache(maxsize=1)

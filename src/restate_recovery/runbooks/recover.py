@@ -23,6 +23,13 @@ leftover state with no run is cleared with its version only, and a run that appe
 reported (``active-invocation``), its state untouched. Re-running after a partial failure
 converges. A write given the plan an approver saw (``approved``) refuses with
 ``RESTATE_RECOVERY_PLAN_CHANGED`` when the key's plan is no longer that one.
+
+A run killed while it slept still has its timer in Restate, and on 1.7.12 that timer, once due,
+wakes the key's *next* run (restatedev/restate#5425, fixed in 1.8.0; reproduced here: a new run's
+12 s sleep ended after 3 s). The killed run's journal (kept for its retention) names each sleep's
+wake-up time: a purge waits until every one of them has passed, when that is within
+``RECOVERY_TIMER_WAIT_SECONDS``; a later one refuses ``RESTATE_WORKFLOW_TIMER_PENDING`` before
+anything is written.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from restate_recovery.client import RestateAdminClient
@@ -42,6 +51,7 @@ from restate_recovery.errors import (
     RestateRejected,
     RestateUnreachable,
     RetryBlockedError,
+    TimerPendingError,
 )
 from restate_recovery.models import ApiModel, DoctorReadout, ServiceInfo
 from restate_recovery.schemas import (
@@ -52,6 +62,7 @@ from restate_recovery.schemas import (
     WriteOutcome,
     check_approved,
 )
+from restate_recovery.settings import get_settings
 from restate_recovery.sql import literal, name_literal
 
 logger = logging.getLogger(__name__)
@@ -67,6 +78,7 @@ class RecoveryPlan:
     terminal_failed: list[str]
     state_keys: list[str]
     created: dict[str, str] = field(default_factory=dict)  # run id -> its created_at
+    timers: dict[str, float] = field(default_factory=dict)  # run id -> its last timer (epoch s)
 
     def steps(self) -> list[PlannedStep]:
         steps = []
@@ -81,6 +93,16 @@ class RecoveryPlan:
                     + (f": {', '.join(self.state_keys)}" if self.state_keys else ""),
                 )
             )
+        steps += [
+            PlannedStep(
+                action="wait",
+                target=i,
+                detail=f"until its timer at {iso(self.timers[i])} has passed (restatedev/restate"
+                "#5425: it would wake the key's next run)",
+            )
+            for i in self.terminal_failed
+            if i in self.timers
+        ]
         steps += [
             PlannedStep(
                 action="purge",
@@ -112,6 +134,33 @@ def run_invocations_sql(service_name: str, service_key: str, handler: str) -> st
         f"AND target_service_key = {name_literal(service_key)} "
         f"AND target_handler_name = {literal(handler)}"
     )
+
+
+def iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def timers_sql(invocation_ids: list[str]) -> str:
+    ids = ", ".join(literal(i) for i in invocation_ids)
+    return (
+        "SELECT id, entry_json FROM sys_journal "
+        f"WHERE id IN ({ids}) AND entry_type = {literal('Command: Sleep')}"
+    )
+
+
+def pending_timers(rows: list[dict[str, Any]], now: float) -> dict[str, float]:
+    """Each run's latest sleep wake-up time still ahead of ``now`` (epoch seconds; pure)."""
+    due: dict[str, float] = {}
+    for row in rows:
+        try:
+            sleep = json.loads(str(row.get("entry_json")))["Command"]["Sleep"]
+            at = float(sleep["wake_up_time"]) / 1000
+        except (KeyError, TypeError, ValueError):
+            continue
+        invocation_id = str(row.get("id"))
+        if at > now and at > due.get(invocation_id, 0):
+            due[invocation_id] = at
+    return due
 
 
 def state_keys_sql(service_name: str, service_key: str) -> str:
@@ -194,6 +243,27 @@ async def plan_recovery(
             f"Workflow retry is blocked: querying {name}/{key} failed ({exc})", "query-failed"
         ) from exc
     failed = classify_run_invocations(rows)
+    timers: dict[str, float] = {}
+    if failed:
+        try:
+            journal = await client.query(timers_sql(failed), timeout=timeout)
+        except RestateUnreachable as exc:
+            raise _unreachable(exc, f"querying {name}/{key}") from exc
+        except RestateRejected as exc:
+            raise RetryBlockedError(
+                f"Workflow retry is blocked: reading the journal of {name}/{key} failed ({exc})",
+                "query-failed",
+            ) from exc
+        timers = pending_timers(journal, time.time())
+        wait = get_settings().recovery_timer_wait_seconds
+        late = {i: at for i, at in timers.items() if at - time.time() > wait}
+        if late:
+            raise TimerPendingError(
+                f"Workflow recovery of {name}/{key} would let a killed run's timer wake the key's "
+                f"next run (restatedev/restate#5425, before Restate 1.8.0): "
+                + ", ".join(f"{i} at {iso(at)}" for i, at in sorted(late.items()))
+                + f", more than {wait:g} s away. Nothing was written; retry after it."
+            )
     return RecoveryPlan(
         service_name=name,
         service_key=key,
@@ -201,6 +271,7 @@ async def plan_recovery(
         terminal_failed=failed,
         state_keys=sorted(str(r.get("key")) for r in state),
         created=created_at(rows, failed),
+        timers=timers,
     )
 
 
@@ -277,6 +348,8 @@ async def execute_recovery(
                 )
             report.state_cleared = True
         for invocation_id in plan.terminal_failed:
+            if invocation_id in plan.timers:  # let it fire into the killed run, not the next
+                await asyncio.sleep(max(0.0, plan.timers[invocation_id] + 1.0 - time.time()))
             await _check_runs_unchanged(client, plan, report, timeout=timeout)
             try:
                 await client.purge_invocation(invocation_id, timeout=timeout)
