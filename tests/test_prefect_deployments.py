@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ from tests.support.local_stack import (
 
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
-LEASE_SECONDS = 30  # Prefect's deployment concurrency lease on the tests' server (its minimum)
+# A deployment run's engine renews its concurrency lease (300 s, fixed in Prefect 3.9.1's
+# flow_engine) every 0.75 x 300 = 225 s; a run that lost its slot (a pause releases it) crashes at
+# that renewal. A plan kept waiting past it shows the approval does not depend on that lease.
+LEASE_RENEWAL_SECONDS = 0.75 * 300
 
 BIN = Path(sys.executable).parent
 WORKFLOW = "IdentityRecoveryWorkflow"
@@ -210,7 +214,10 @@ async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_on
     paused = await wait_for_run(WRITES["recover-stuck-workflow"], "PAUSED", set(), match=key)
     doctor = next(r for r in await runs_of("restate-doctor/doctor") if r.id not in doctor_runs)
     again = await arun_deployment("restate-doctor/doctor", timeout=120)  # the same finding
-    await asyncio.sleep(LEASE_SECONDS * 2)  # past Prefect's lease: the plan still waits
+    started = paused.start_time or paused.created
+    assert started is not None
+    waited = (datetime.now(UTC) - started).total_seconds()
+    await asyncio.sleep(max(0.0, LEASE_RENEWAL_SECONDS + 20 - waited))  # past its renewal
 
     assert [r.id for r in await runs_for_key(key)] == [paused.id]  # one plan per key
     async with get_client() as client:
@@ -324,6 +331,7 @@ async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
         "force-redeploy": {"request": {"serviceUrl": deployed.service_url}, **who},
         "cleanup-stale-deployments": {"request": {"serviceUrl": deployed.service_url + "/"}, **who},
         "recover-stuck-workflow": {"request": {"serviceName": WORKFLOW, "serviceKey": key}, **who},
+        "resume-paused-invocations": {"request": {"serviceName": "FlakyWorkflow"}, **who},
     }
     try:
         deadline = time.monotonic() + 90
