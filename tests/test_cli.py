@@ -252,3 +252,26 @@ def test_doctor_answers_even_when_its_run_cannot_be_recorded(
         ("doctor", "success", None)
     ]
     assert rows[0]["finishedAt"] is not None and rows[0]["roleAtTime"] == "local-break-glass"
+
+
+def test_explain_in_local_mode_is_audited_as_the_os_user(
+    prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
+) -> None:
+    key = f"cliexplain_{uuid.uuid4().hex[:8]}"
+    invocation_id = submit_workflow(restate.ingress_url, key, "fail")
+    wait_for_status(restate.admin_url, invocation_id, "completed")
+    database = f"sqlite:///{tmp_path / 'audit.db'}"
+    env = cli_env(restate, RECOVERY_DATABASE_URL=database, USER="oncall", LOGNAME="oncall")
+
+    told = run_cli("explain", "--invocation-id", invocation_id, "--json", env=env)
+
+    assert told.returncode == 0, told.stderr
+    assert json.loads(told.stdout)["suggestion"]["runbook"] == "recover-stuck-workflow"
+    listed = run_cli("audit", "list", "--json", env=env)
+    (row,) = json.loads(listed.stdout)
+    assert (row["route"], row["actorUserId"], row["roleAtTime"], row["outcome"]) == (
+        "explain",
+        "oncall",
+        "local-break-glass",
+        "success",
+    )

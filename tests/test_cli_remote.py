@@ -181,6 +181,28 @@ def test_paused_invocations_are_resumed_through_the_api_and_audited(
     httpx.patch(f"{restate.admin_url}/invocations/{paused}/kill", timeout=10)
 
 
+def test_explain_through_the_api_tells_the_story_and_is_audited(
+    api: OperatorApi, key: str, restate: RestateStack
+) -> None:
+    failed, invocation_id = failed_key(restate, "explained")
+    env = operator_env(api.url, key)
+
+    told = cli("explain", "--service-name", WORKFLOW, "--service-key", failed, "--json", env=env)
+    table = cli("explain", "--invocation-id", invocation_id, env=env)
+    refused = cli("explain", "--service-name", WORKFLOW, "--json", env=env)
+
+    assert told.returncode == 0, told.stderr
+    body = json.loads(told.stdout)
+    assert [i["id"] for i in body["invocations"]] == [invocation_id]
+    assert body["suggestion"]["runbook"] == "recover-stuck-workflow"
+    assert body["suggestion"]["request"] == {"serviceName": WORKFLOW, "serviceKey": failed}
+    assert table.returncode == 0 and "run: recover-stuck-workflow" in table.stdout
+    assert refused.returncode == 1 and json.loads(refused.stdout)["code"] == "INVALID_REQUEST"
+    rows = [r for r in audit_rows(api) if r["route"] == "explain"]
+    assert [r["actorUserId"] for r in rows[:3]] == ["user_ops_7"] * 3
+    assert {r["outcome"] for r in rows[:3]} == {"success", "failure"}
+
+
 def test_the_actor_cannot_be_forged_remotely(api: OperatorApi, key: str) -> None:
     """The CLI has no way to say who is asking, and the API ignores anything that tries."""
     flag = cli("doctor", "--actor", "mallory", env=operator_env(api.url, key))

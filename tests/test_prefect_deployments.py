@@ -203,6 +203,7 @@ async def runs_for_key(key: str) -> list[FlowRun]:
     return [r for r in runs if r.name.startswith(f"recover-stuck-workflow/{WORKFLOW}/{key}")]
 
 
+@pytest.mark.timeout(600)  # it waits past Prefect's 225 s lease renewal on purpose
 async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_one_write(
     deployed: Deployed,
 ) -> None:

@@ -105,7 +105,7 @@ def test_the_api_serves_a_route_per_runbook() -> None:
 
     paths = set(create_app().openapi()["paths"])
 
-    assert {entry.route for entry in RUNBOOKS} | {f"{PREFIX}/alerts"} == paths
+    assert {entry.route for entry in RUNBOOKS} | {f"{PREFIX}/alerts", f"{PREFIX}/explain"} == paths
 
 
 def test_the_cli_has_a_command_per_runbook() -> None:

@@ -217,6 +217,32 @@ class ResumePausedInvocationsRequest(RequestModel):
         )
 
 
+class ExplainRequest(RequestModel):
+    """One invocation, or every invocation of one workflow key."""
+
+    invocation_id: str | None = Field(
+        default=None, pattern=INVOCATION_ID_PATTERN, max_length=64, title="Invocation id"
+    )
+    service_name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=255, title="Service name"
+    )
+    service_key: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=255, title="Service key"
+    )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ExplainRequest:
+        by_key = self.service_name is not None and self.service_key is not None
+        partial = (self.service_name is None) != (self.service_key is None)
+        if partial or (self.invocation_id is None) == (not by_key):
+            raise ValueError("give either invocationId, or serviceName and serviceKey")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.invocation_id or f"{self.service_name}/{self.service_key}"
+
+
 class SkippedInvocation(ApiModel):
     id: str
     status: str

@@ -1,6 +1,6 @@
 """The operator routes, under ``/api/v2/admin/operator/restate/``: the spec's four (doctor,
-force-redeploy, cleanup-stale-deployments, recover-stuck-workflow), resume-paused-invocations
-(beside them) and the Alertmanager receiver.
+force-redeploy, cleanup-stale-deployments, recover-stuck-workflow), beside them
+resume-paused-invocations and the read-only explain, and the Alertmanager receiver.
 
 Each takes the spec's body (camelCase, unknown fields refused) and answers with the spec's body.
 A write runs its Prefect flow in this process and answers once the flow has finished; with
@@ -20,6 +20,7 @@ from restate_recovery.alerts import AlertmanagerWebhook, alert_events, emit_even
 from restate_recovery.api.deps import CallDep, DryRunDep, RunnerDep
 from restate_recovery.api.errors import ERROR_RESPONSES, ErrorBody
 from restate_recovery.audit import audited
+from restate_recovery.explain import Explanation, explain_with_settings
 from restate_recovery.models import DoctorReadout
 from restate_recovery.paths import PREFIX
 from restate_recovery.runbooks import (
@@ -34,6 +35,7 @@ from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     DoctorRequest,
     DryRunResult,
+    ExplainRequest,
     ForceRedeployRequest,
     RecoverStuckWorkflowRequest,
     Redeployed,
@@ -116,6 +118,17 @@ async def resume_paused_invocations(
     dry_run: DryRunDep = False,
 ) -> dict[str, Any]:
     return await runner.run(RESUME_PAUSED_INVOCATIONS, body, call, dry_run=dry_run)
+
+
+@router.post(
+    "/explain",
+    response_model=Explanation,
+    responses={404: {"model": ErrorBody, "description": "RESTATE_INVOCATION_NOT_FOUND"}},
+    summary="Read-only: an invocation's (or a workflow key's) story and the runbook that fits",
+)
+async def explain(call: CallDep, body: ExplainRequest) -> Explanation:
+    async with audited(call.attempt(body.to_json())):
+        return await explain_with_settings(body)
 
 
 class AlertsAccepted(BaseModel):

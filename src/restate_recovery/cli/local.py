@@ -23,14 +23,38 @@ ROLE = "local-break-glass"
 RECORD_TIMEOUT_SECONDS = 600.0
 
 
-def attempt(runbook: Runbook, arguments: dict[str, Any], reason: str | None) -> Attempt:
+def attempt(runbook: Runbook | str, arguments: dict[str, Any], reason: str | None) -> Attempt:
     return Attempt(
         actor=getpass.getuser(),
         role=ROLE,
-        route=runbook.name,
+        route=runbook if isinstance(runbook, str) else runbook.name,
         arguments=arguments,
         reason=stored_reason(reason),
     )
+
+
+def explain_here(body: dict[str, Any], *, reason: str | None) -> Answer:
+    """The read-only explain, against this machine's RESTATE_ADMIN_URL, audited."""
+    return asyncio.run(_explain(body, reason=reason))
+
+
+async def _explain(body: dict[str, Any], *, reason: str | None) -> Answer:
+    from restate_recovery.audit import audited
+    from restate_recovery.explain import explain_with_settings
+    from restate_recovery.schemas import ExplainRequest
+
+    try:
+        check_reason(reason, field="--reason")
+        request = parse_request(ExplainRequest, body)
+    except InvalidRequestError as exc:
+        await refused(attempt("explain", {"invalidBody": True}, reason), exc)
+        return Answer(ok=False, body=exc.body())
+    try:
+        async with audited(attempt("explain", request.to_json(), reason)):
+            explanation = await explain_with_settings(request)
+    except OperatorError as exc:
+        return Answer(ok=False, body=exc.body())
+    return Answer(ok=True, body=explanation.to_json())
 
 
 async def refused_answer(

@@ -215,6 +215,45 @@ def resume_paused_invocations(
     run_runbook("resume-paused-invocations", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
+@app.command("explain")
+@click.option("--invocation-id", default=None, help="One invocation (inv_...).")
+@click.option("--service-name", default=None, help="With --service-key: every invocation of it.")
+@click.option("--service-key", default=None, help="The workflow key.")
+@reason_option
+@json_option
+def explain(
+    invocation_id: str | None,
+    service_name: str | None,
+    service_key: str | None,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Read-only: an invocation's (or a workflow key's) story, and the runbook that fits."""
+    body = {
+        name: value
+        for name, value in (
+            ("invocationId", invocation_id),
+            ("serviceName", service_name),
+            ("serviceKey", service_key),
+        )
+        if value is not None
+    }
+    if remote_mode():
+        answer = post("explain", body, reason=reason, dry_run=False)
+    else:
+        from restate_recovery.cli.local import explain_here
+
+        answer = explain_here(body, reason=reason)
+
+    def rendered(result: dict[str, Any]) -> None:
+        from restate_recovery.cli.render import render_explanation
+
+        render_explanation(result)
+
+    show(answer, as_json=as_json, render=rendered)
+    finish(answer)
+
+
 def main() -> None:
     from restate_recovery.cli import admin
 

@@ -98,3 +98,31 @@ def render_write(name: str, body: dict[str, Any], console: Console | None = None
             console.print(escape(f"  - {step['action']} {step['target']}{detail}"))
         return
     console.print(f"[green]{name}[/]: " + escape(json.dumps(body)))
+
+
+def render_explanation(body: dict[str, Any], console: Console | None = None) -> None:
+    """An invocation's story: one table row per invocation, its failure events, what to run."""
+    console = console or Console()
+    table = Table("invocation", "status", "retries", "last failure", "pinned", "modified")
+    for story in body.get("invocations", []):
+        failure = story.get("lastFailure") or story.get("completionFailure") or ""
+        code = story.get("lastFailureErrorCode")
+        table.add_row(
+            escape(str(story.get("id"))),
+            escape(str(story.get("status"))),
+            escape(str(story.get("retryCount") if story.get("retryCount") is not None else "")),
+            escape(f"[{code}] {failure}" if code else str(failure)),
+            escape(str(story.get("pinnedDeploymentId") or "")),
+            escape(str(story.get("modifiedAt") or "")),
+        )
+    console.print(table)
+    for story in body.get("invocations", []):
+        for event in story.get("journalFailures", [])[-3:]:
+            line = f"  {story.get('id')} {event.get('appendedAt')} {event.get('eventType')}"
+            line += f" [{event.get('errorCode')}] {event.get('message')}"
+            console.print(escape(line))
+    suggestion = body.get("suggestion") or {}
+    if suggestion.get("runbook"):
+        request = json.dumps(suggestion.get("request"))
+        console.print(escape(f"run: {suggestion['runbook']} {request}"))
+    console.print(escape(f"why: {suggestion.get('why', '')}"))
