@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from datetime import datetime
@@ -332,6 +333,8 @@ async def test_incident_record_has_before_action_outcome_after(
     assert "outcome: **acknowledged**" in record
     assert f'"serviceKey": "{key}"' in record
     assert "## Doctor before" in record and "## Doctor after" in record
+    # the heading says there were failures, not "all ok", when components are ok but keys failed
+    assert re.search(r"## Doctor before: components ok, \d+ recent failures?\n", record), record
     assert f"{WORKFLOW}/{key} is no longer among recent failures" in record
     assert invocation_id in record
 

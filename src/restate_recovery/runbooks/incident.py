@@ -128,7 +128,11 @@ class IncidentRecord:
         for title, readout in (("Doctor before", self.before), ("Doctor after", self.after)):
             if readout is not None:
                 not_ok = unhealthy_components(readout)
-                lines += ["", f"## {title}: " + ("all ok" if not not_ok else ", ".join(not_ok))]
+                failures = len(readout.invocations.recent_failures)
+                state = "components ok" if not not_ok else "not ok: " + ", ".join(not_ok)
+                if failures:
+                    state += f", {failures} recent failure" + ("s" if failures > 1 else "")
+                lines += ["", f"## {title}: {state}"]
                 body = readout_markdown(readout).split("\n", 2)[2]  # drop its own title
                 lines += ["", body]
         return redact_text("\n".join(lines) + "\n")  # stored by Prefect: never a credential
