@@ -33,7 +33,13 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled
 
 from restate_recovery import leases, plans
-from restate_recovery.audit import Attempt, AuditedAttempt, arguments_of, refused
+from restate_recovery.audit import (
+    PARENT_ATTEMPT,
+    Attempt,
+    AuditedAttempt,
+    arguments_of,
+    refused,
+)
 from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
 from restate_recovery.errors import ApprovalRejectedError, InvalidRequestError, PlanPendingError
 from restate_recovery.execution import CURRENT_RUN
@@ -100,7 +106,11 @@ async def target_lock(target: str, trail: AuditedAttempt | None) -> AsyncIterato
         attempt_id=attempt_id,
         flow_run_id=str(flow_run.id),
     ):
-        yield
+        token = PARENT_ATTEMPT.set(attempt_id)
+        try:
+            yield
+        finally:
+            PARENT_ATTEMPT.reset(token)
 
 
 async def run_write_runbook(

@@ -18,12 +18,13 @@ from restate_recovery.client import RestateAdminClient
 from restate_recovery.doctor.probes import Endpoints
 from restate_recovery.errors import OperatorError
 from restate_recovery.execution import note_write
-from restate_recovery.runbooks import cleanup, recover, redeploy, resume
+from restate_recovery.runbooks import bulk, cleanup, recover, redeploy, resume
 from restate_recovery.schemas import (
     CleanupStaleDeploymentsRequest,
     ForceRedeployRequest,
     PlannedStep,
     RecoverStuckWorkflowRequest,
+    RecoverStuckWorkflowsRequest,
     ResumePausedInvocationsRequest,
     WriteOutcome,
 )
@@ -111,4 +112,18 @@ async def resume_invocations(
         return await _noted(
             f"resume {request.target}",
             resume.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
+        )
+
+
+@task(name="recover-workflow-keys", cache_policy=NO_CACHE, retries=0)
+async def recover_workflow_keys(
+    endpoints: Endpoints,
+    request: RecoverStuckWorkflowsRequest,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
+) -> WriteOutcome:
+    async with _admin(endpoints) as client:
+        return await _noted(
+            f"recover keys of {request.service_name}",
+            bulk.write(client, request, timeout=_timeout(), dry_run=dry_run, approved=approved),
         )

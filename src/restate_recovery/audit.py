@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,10 @@ from restate_recovery.models import ApiModel
 from restate_recovery.redaction import redact_text
 
 logger = logging.getLogger(__name__)
+
+# The audit row of the write that runs now (set around a runbook's write): a write made of many
+# (recover-stuck-workflows) signs its per-key rows as this one.
+PARENT_ATTEMPT: ContextVar[int | None] = ContextVar("restate_recovery_parent", default=None)
 
 MAX_REASON = 2000  # characters, as the table stores them
 

@@ -16,6 +16,7 @@ that runs it, which holds the credentials.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -215,6 +216,71 @@ class ResumePausedInvocationsRequest(RequestModel):
             if self.service_key
             else f"{self.service_name}/*"
         )
+
+
+def iso_instant(value: str | None) -> str | None:
+    """An ISO 8601 instant with its zone (``2026-12-01T10:00:00Z``), kept as given."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError("must be an ISO 8601 time, e.g. 2026-12-01T10:00:00Z") from exc
+    if parsed.tzinfo is None:
+        raise ValueError("must say its time zone (Z or +hh:mm)")
+    return value
+
+
+class RecoverStuckWorkflowsRequest(RequestModel):
+    """A selection of terminal-failed keys of one workflow service, each recovered as
+    recover-stuck-workflow recovers one, at a bounded rate."""
+
+    service_name: str = Field(
+        title="Service name", description="Workflow service name.", pattern=NAME_PATTERN,
+        max_length=255,
+    )  # fmt: skip
+    error_contains: str | None = Field(
+        default=None,
+        title="Error contains",
+        description="Only keys whose failure message holds this text (e.g. [500] or a word).",
+        min_length=1,
+        max_length=200,
+    )
+    failed_since: str | None = Field(
+        default=None, title="Failed since", description="ISO 8601 time, e.g. 2026-12-01T10:00Z."
+    )
+    failed_until: str | None = Field(
+        default=None, title="Failed until", description="ISO 8601 time."
+    )
+    limit: int = Field(default=100, ge=1, le=1000, title="Limit", description="At most N keys.")
+    rate: float = Field(
+        default=20.0, gt=0, le=200, title="Rate", description="Keys started per second, at most."
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=16, title="Concurrency", description="Keys recovered at once."
+    )
+
+    _times = field_validator("failed_since", "failed_until")(iso_instant)
+
+    @property
+    def target(self) -> str:
+        return f"{self.service_name}/*"
+
+
+class KeyOutcome(ApiModel):
+    service_key: str
+    outcome: str  # recovered, skipped, failed
+    detail: str | None = None
+
+
+class BatchRecovered(ApiModel):
+    """What recover-stuck-workflows answers: every key of the selection and what became of it."""
+
+    acknowledged: bool = True
+    recovered: int = 0
+    skipped: int = 0
+    failed: int = 0
+    keys: list[KeyOutcome] = Field(default_factory=list)
 
 
 class ExplainRequest(RequestModel):

@@ -1,6 +1,7 @@
 """The operator routes, under ``/api/v2/admin/operator/restate/``: the spec's four (doctor,
 force-redeploy, cleanup-stale-deployments, recover-stuck-workflow), beside them
-resume-paused-invocations and the read-only explain, and the Alertmanager receiver.
+resume-paused-invocations, recover-stuck-workflows (many keys) and the read-only explain, and the
+Alertmanager receiver.
 
 Each takes the spec's body (camelCase, unknown fields refused) and answers with the spec's body.
 A write runs its Prefect flow in this process and answers once the flow has finished; with
@@ -28,16 +29,19 @@ from restate_recovery.runbooks import (
     DOCTOR,
     FORCE_REDEPLOY,
     RECOVER_STUCK_WORKFLOW,
+    RECOVER_STUCK_WORKFLOWS,
     RESUME_PAUSED_INVOCATIONS,
 )
 from restate_recovery.schemas import (
     Acknowledged,
+    BatchRecovered,
     CleanupStaleDeploymentsRequest,
     DoctorRequest,
     DryRunResult,
     ExplainRequest,
     ForceRedeployRequest,
     RecoverStuckWorkflowRequest,
+    RecoverStuckWorkflowsRequest,
     Redeployed,
     ResumedInvocations,
     ResumePausedInvocationsRequest,
@@ -118,6 +122,21 @@ async def resume_paused_invocations(
     dry_run: DryRunDep = False,
 ) -> dict[str, Any]:
     return await runner.run(RESUME_PAUSED_INVOCATIONS, body, call, dry_run=dry_run)
+
+
+@router.post(
+    "/recover-stuck-workflows",
+    response_model=BatchRecovered | DryRunResult,
+    responses=BLOCKED,
+    summary=RECOVER_STUCK_WORKFLOWS.summary,
+)
+async def recover_stuck_workflows(
+    call: CallDep,
+    runner: RunnerDep,
+    body: RecoverStuckWorkflowsRequest,
+    dry_run: DryRunDep = False,
+) -> dict[str, Any]:
+    return await runner.run(RECOVER_STUCK_WORKFLOWS, body, call, dry_run=dry_run)
 
 
 @router.post(

@@ -215,6 +215,46 @@ def resume_paused_invocations(
     run_runbook("resume-paused-invocations", body, reason=reason, dry_run=dry_run, as_json=as_json)
 
 
+@app.command("recover-stuck-workflows")
+@click.option("--service-name", required=True, help="Workflow service name.")
+@click.option("--error-contains", default=None, help="Only failures whose message holds this.")
+@click.option("--failed-since", default=None, help="ISO 8601 time, e.g. 2026-12-01T10:00:00Z.")
+@click.option("--failed-until", default=None, help="ISO 8601 time.")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most N keys.")
+@click.option("--rate", type=float, default=20.0, show_default=True, help="Keys a second.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Keys at once.")
+@dry_run_option
+@reason_option
+@json_option
+def recover_stuck_workflows(
+    service_name: str,
+    error_contains: str | None,
+    failed_since: str | None,
+    failed_until: str | None,
+    limit: int,
+    rate: float,
+    concurrency: int,
+    dry_run: bool,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """recover-stuck-workflow over many terminal-failed keys of one workflow service."""
+    body: dict[str, Any] = {
+        "serviceName": service_name,
+        "limit": limit,
+        "rate": rate,
+        "concurrency": concurrency,
+    }
+    for name, value in (
+        ("errorContains", error_contains),
+        ("failedSince", failed_since),
+        ("failedUntil", failed_until),
+    ):
+        if value is not None:
+            body[name] = value
+    run_runbook("recover-stuck-workflows", body, reason=reason, dry_run=dry_run, as_json=as_json)
+
+
 @app.command("explain")
 @click.option("--invocation-id", default=None, help="One invocation (inv_...).")
 @click.option("--service-name", default=None, help="With --service-key: every invocation of it.")

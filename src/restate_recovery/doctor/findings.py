@@ -11,6 +11,9 @@ failure | recover-stuck-workflow |
 not registered | force-redeploy |
 | ``restate.doctor.deployments.multiple`` (``restate.deployments``) | more than one deployment | \
 cleanup-stale-deployments |
+| ``restate.doctor.workflows.terminal-failed`` (``restate.workflows.<service>``) | ``BULK_KEYS`` \
+or more keys of one service failed terminally (in place of their one-key findings) | \
+recover-stuck-workflows |
 | ``restate.doctor.invocation.paused`` (``restate.invocation.<id>``) | an invocation is paused (its \
 retries used up) | resume-paused-invocations (on ``latest``) |
 
@@ -39,6 +42,8 @@ TERMINAL_FAILED = "restate.doctor.workflow.terminal-failed"
 UNREGISTERED = "restate.doctor.service-url.unregistered"
 MULTIPLE_DEPLOYMENTS = "restate.doctor.deployments.multiple"
 PAUSED = "restate.doctor.invocation.paused"
+MANY_TERMINAL_FAILED = "restate.doctor.workflows.terminal-failed"
+BULK_KEYS = 10  # this many failed keys of one service make one batch, not one plan per key
 
 RUNBOOK_LABEL = "restate.runbook"
 STATE_LABEL = "restate.finding.state"
@@ -121,11 +126,30 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
                 )
             )
     seen: set[tuple[str, str]] = set()
+    failed_keys: dict[str, set[str]] = {}
+    for failure in readout.invocations.recent_failures:
+        if failure.status == "completed" and failure.service_name and failure.service_key:
+            failed_keys.setdefault(failure.service_name, set()).add(failure.service_key)
+    many = {name for name, keys in failed_keys.items() if len(keys) >= BULK_KEYS}
+    for name in sorted(many):
+        findings.append(
+            _actionable(
+                MANY_TERMINAL_FAILED,
+                {"prefect.resource.id": f"restate.workflows.{name}", "restate.service-name": name},
+                "recover-stuck-workflows",
+                {"serviceName": name, "limit": 1000},
+                identity=",".join(sorted(failed_keys[name])),
+                reason=f"doctor: {len(failed_keys[name])} or more keys of {name} failed "
+                "terminally: recover them as one batch",
+                serviceName=name,
+                keys=sorted(failed_keys[name]),
+            )
+        )
     for failure in readout.invocations.recent_failures:
         if failure.status != "completed" or not failure.service_name or not failure.service_key:
             continue
         key = (failure.service_name, failure.service_key)
-        if key in seen:
+        if key in seen or failure.service_name in many:
             continue
         seen.add(key)
         error = redact_text(failure.error_message or "")

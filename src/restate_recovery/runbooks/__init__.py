@@ -22,10 +22,12 @@ from restate_recovery.models import ApiModel, DoctorReadout
 from restate_recovery.paths import route
 from restate_recovery.schemas import (
     Acknowledged,
+    BatchRecovered,
     CleanupStaleDeploymentsRequest,
     DoctorRequest,
     ForceRedeployRequest,
     RecoverStuckWorkflowRequest,
+    RecoverStuckWorkflowsRequest,
     Redeployed,
     RequestModel,
     ResumedInvocations,
@@ -168,12 +170,26 @@ RESUME_PAUSED_INVOCATIONS = Runbook(
     finding="restate.doctor.invocation.paused",
 )
 
+RECOVER_STUCK_WORKFLOWS = Runbook(
+    name="recover-stuck-workflows",
+    flow_name="recover-stuck-workflows",
+    summary="recover-stuck-workflow over a selection of one service's terminal-failed keys",
+    request=RecoverStuckWorkflowsRequest,
+    response=BatchRecovered,
+    module="flows.recover_stuck_workflows",
+    function="recover_stuck_workflows",
+    deployment="recover-many",
+    lock="workflows:{service_name}",
+    finding="restate.doctor.workflows.terminal-failed",
+)
+
 RUNBOOKS: tuple[Runbook, ...] = (
     DOCTOR,
     FORCE_REDEPLOY,
     CLEANUP_STALE_DEPLOYMENTS,
     RECOVER_STUCK_WORKFLOW,
     RESUME_PAUSED_INVOCATIONS,
+    RECOVER_STUCK_WORKFLOWS,
 )
 WRITES: tuple[Runbook, ...] = tuple(r for r in RUNBOOKS if r.writes)
 

@@ -1,0 +1,275 @@
+"""recover-stuck-workflows: recover-stuck-workflow over a selection of keys of one workflow service.
+
+- Selection: the service's terminal-failed run invocations (newest failure first), narrowed by a
+  text their failure message holds and a failure time window, at most ``limit`` keys.
+- Each key is planned exactly as the single-key route plans it (``recover.plan_recovery``):
+  recoverable, or skipped with the reason that route would refuse it (``active-invocation``,
+  ``already-succeeded``, ``query-failed``, a pending timer). The plan lists every key.
+- The write recovers the recoverable keys, at most ``concurrency`` at once and ``rate`` starts a
+  second, each under the single-key route's own lock (``workflow:<service>:<key>``), each with its
+  own audit row (route ``recover-stuck-workflow``, signed as the batch's row, which it names) beside
+  the batch's row. A key whose plan changed since the batch's plan (or since its approval) is
+  skipped, saying so; a key that fails is reported, and the others go on.
+- A rerun continues where an interrupted batch stopped: the keys already recovered are no longer
+  terminal-failed, so they are not selected again (skipped, not refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from restate_recovery import leases, store
+from restate_recovery.audit import PARENT_ATTEMPT, Attempt, AuditedAttempt
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    OperatorError,
+    QueryFailedError,
+    RestateRejected,
+    RestateUnreachable,
+    RetryBlockedError,
+)
+from restate_recovery.models import ApiModel, DoctorReadout
+from restate_recovery.runbooks import recover
+from restate_recovery.schemas import (
+    BatchRecovered,
+    DryRunResult,
+    KeyOutcome,
+    PlannedStep,
+    RecoverStuckWorkflowRequest,
+    RecoverStuckWorkflowsRequest,
+    WriteOutcome,
+)
+from restate_recovery.settings import get_settings
+from restate_recovery.sql import literal, name_literal
+
+SCAN_LIMIT = 10_000  # failed runs read to find the keys (newest first)
+
+
+@dataclass
+class KeyPlan:
+    key: str
+    plan: recover.RecoveryPlan | None = None
+    refused: str | None = None  # why the single-key route would refuse it
+
+    def step(self, service: str) -> PlannedStep:
+        if self.plan is None:
+            return PlannedStep(action="skip", target=f"{service}/{self.key}", detail=self.refused)
+        runs = ", ".join(self.plan.terminal_failed) or "no run left"
+        return PlannedStep(action="recover", target=f"{service}/{self.key}", detail=runs)
+
+
+@dataclass
+class BatchPlan:
+    service_name: str
+    keys: list[KeyPlan] = field(default_factory=list)
+
+    def steps(self) -> list[PlannedStep]:
+        return [k.step(self.service_name) for k in self.keys]
+
+
+def failed_runs_sql(service_name: str, handler: str) -> str:
+    return (
+        "SELECT target_service_key, id, completed_at, completion_failure FROM sys_invocation "
+        f"WHERE target_service_name = {name_literal(service_name)} "
+        f"AND target_handler_name = {literal(handler)} "
+        "AND status = 'completed' AND completion_result = 'failure' "
+        f"ORDER BY completed_at DESC LIMIT {SCAN_LIMIT}"
+    )
+
+
+def _instant(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def selected_keys(rows: list[dict[str, Any]], request: RecoverStuckWorkflowsRequest) -> list[str]:
+    """The keys the selection names, newest failure first, at most ``limit`` (pure)."""
+    since, until = _instant(request.failed_since), _instant(request.failed_until)
+    keys: list[str] = []
+    for row in rows:
+        key, failed_at = row.get("target_service_key"), _instant(row.get("completed_at"))
+        if not isinstance(key, str) or key in keys:
+            continue
+        if request.error_contains and request.error_contains not in str(
+            row.get("completion_failure") or ""
+        ):
+            continue
+        if failed_at is not None and (
+            (since and failed_at < since) or (until and failed_at > until)
+        ):
+            continue
+        keys.append(key)
+        if len(keys) == request.limit:
+            break
+    return keys
+
+
+async def plan_batch(
+    client: RestateAdminClient, request: RecoverStuckWorkflowsRequest, *, timeout: float
+) -> BatchPlan:
+    name = request.service_name
+    try:
+        handler = recover.workflow_run_handler(await client.list_services(timeout=timeout), name)
+        rows = await client.query(failed_runs_sql(name, handler), timeout=timeout)
+    except RestateUnreachable as exc:
+        raise AdminUnreachableError(f"Restate admin API unreachable: {exc}") from exc
+    except RestateRejected as exc:
+        raise QueryFailedError(f"Reading the failed runs of {name} failed: {exc}") from exc
+    gate = asyncio.Semaphore(request.concurrency)
+
+    async def one(key: str) -> KeyPlan:
+        async with gate:
+            return await _plan_key(client, name, key, timeout)
+
+    keys = await asyncio.gather(*(one(k) for k in selected_keys(rows, request)))
+    return BatchPlan(service_name=name, keys=list(keys))
+
+
+async def _plan_key(client: RestateAdminClient, service: str, key: str, timeout: float) -> KeyPlan:
+    request = RecoverStuckWorkflowRequest(service_name=service, service_key=key)
+    try:
+        return KeyPlan(key=key, plan=await recover.plan_recovery(client, request, timeout=timeout))
+    except RetryBlockedError as exc:
+        return KeyPlan(key=key, refused=f"{exc.reason}: {exc.message}")
+    except OperatorError as exc:  # a pending timer, the admin API lost for this key
+        return KeyPlan(key=key, refused=f"{exc.code}: {exc.message}")
+
+
+class Pace:
+    """At most ``rate`` starts a second (one start every ``1 / rate`` s), across tasks."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval, self.next = 1.0 / rate, time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self.lock:
+            now = time.monotonic()
+            if self.next > now:
+                await asyncio.sleep(self.next - now)
+            self.next = max(now, self.next) + self.interval
+
+
+async def execute_batch(
+    client: RestateAdminClient,
+    plan: BatchPlan,
+    request: RecoverStuckWorkflowsRequest,
+    *,
+    timeout: float,
+    approved: list[PlannedStep] | None,
+) -> BatchRecovered:
+    parent = await asyncio.to_thread(_parent_row)
+    wanted = {s.target: s for s in approved} if approved is not None else None
+    gate, pace = asyncio.Semaphore(request.concurrency), Pace(request.rate)
+    outcomes: dict[str, KeyOutcome] = {}
+
+    async def one(key_plan: KeyPlan) -> None:
+        step = key_plan.step(plan.service_name)
+        if key_plan.plan is None:
+            outcomes[key_plan.key] = KeyOutcome(
+                service_key=key_plan.key, outcome="skipped", detail=key_plan.refused
+            )
+            return
+        if wanted is not None and wanted.get(step.target) != step:
+            outcomes[key_plan.key] = KeyOutcome(
+                service_key=key_plan.key,
+                outcome="skipped",
+                detail="RESTATE_RECOVERY_PLAN_CHANGED: not the plan that was approved",
+            )
+            return
+        async with gate:
+            await pace.wait()
+            outcomes[key_plan.key] = await _recover_key(client, plan, key_plan, parent, timeout)
+
+    await asyncio.gather(*(one(k) for k in plan.keys))
+    keys = [outcomes[k.key] for k in plan.keys]
+    count = {o: sum(1 for k in keys if k.outcome == o) for o in ("recovered", "skipped", "failed")}
+    return BatchRecovered(keys=keys, **count)
+
+
+def _parent_row() -> store.OperationAudit | None:
+    """The batch's own audit row (the per-key rows are signed as it is)."""
+    attempt_id = PARENT_ATTEMPT.get()
+    if attempt_id is None:
+        return None
+    from sqlmodel import Session
+
+    with Session(store.engine()) as session:
+        return session.get(store.OperationAudit, attempt_id)
+
+
+async def _recover_key(
+    client: RestateAdminClient,
+    plan: BatchPlan,
+    key_plan: KeyPlan,
+    parent: store.OperationAudit | None,
+    timeout: float,
+) -> KeyOutcome:
+    assert key_plan.plan is not None
+    row = AuditedAttempt(
+        Attempt(
+            actor=parent.actor_user_id if parent is not None else "recover-stuck-workflows",
+            role=(parent.role_at_time or "unknown") if parent is not None else "batch",
+            route="recover-stuck-workflow",
+            arguments={
+                "serviceName": plan.service_name,
+                "serviceKey": key_plan.key,
+                "batchAttemptId": parent.id if parent is not None else None,
+            },
+            reason=parent.reason if parent is not None else None,
+            request_id=parent.request_id if parent is not None else None,
+        )
+    )
+    attempt_id = await row.start()
+    try:
+        async with leases.lock(
+            f"workflow:{plan.service_name}:{key_plan.key}",
+            timeout=get_settings().recovery_lock_timeout_seconds,
+            attempt_id=attempt_id,
+        ):
+            report = await recover.execute_recovery(client, key_plan.plan, timeout=timeout)
+    except OperatorError as exc:
+        await row.finish(exc)
+        return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
+    await row.finish()
+    return KeyOutcome(service_key=key_plan.key, outcome="recovered", detail=report.done())
+
+
+async def write(
+    client: RestateAdminClient,
+    request: RecoverStuckWorkflowsRequest,
+    *,
+    timeout: float,
+    dry_run: bool,
+    approved: list[PlannedStep] | None = None,
+) -> WriteOutcome:
+    """Plan every key of the selection; unless this is a dry run, recover the recoverable ones."""
+    plan = await plan_batch(client, request, timeout=timeout)
+    steps = plan.steps()
+    if dry_run:
+        return WriteOutcome(result=DryRunResult(plan=steps), plan=steps)
+    result = await execute_batch(client, plan, request, timeout=timeout, approved=approved)
+    details = [
+        f"{k.service_key}: {k.outcome}" + (f" ({k.detail})" if k.detail else "")
+        for k in result.keys
+    ]
+    return WriteOutcome(result=result, plan=steps, details=details)
+
+
+def verify(request: RecoverStuckWorkflowsRequest, result: ApiModel, after: DoctorReadout) -> str:
+    """Whether any recovered key is still among the doctor's recent failures."""
+    if after.invocations.status != "ok":
+        return f"invocations are {after.invocations.status}: {after.invocations.error}"
+    recovered = {k.service_key for k in getattr(result, "keys", []) if k.outcome == "recovered"}
+    still = sorted(
+        f.service_key or ""
+        for f in after.invocations.recent_failures
+        if f.service_name == request.service_name and f.service_key in recovered
+    )
+    if still:
+        return f"still among recent failures: {', '.join(still)}"
+    return f"{len(recovered)} keys recovered; none of them among recent failures"
