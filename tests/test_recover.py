@@ -112,8 +112,8 @@ async def test_terminal_failure_is_recovered_and_the_next_run_starts_blank(
 async def test_a_killed_run_counts_as_terminal_failed(
     prefect_server: PrefectServer, restate_env: RestateStack
 ) -> None:
-    key = new_key("killed")
-    invocation_id = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=600)
+    key = new_key("killed")  # its timer (5 s) is waited for before the purge (#5425)
+    invocation_id = submit_workflow(restate_env.ingress_url, key, "sleep", seconds=5)
     wait_for_status(restate_env.admin_url, invocation_id, "running")
     httpx.patch(f"{restate_env.admin_url}/invocations/{invocation_id}/kill", timeout=10)
     wait_for_status(restate_env.admin_url, invocation_id, "completed")

@@ -68,7 +68,7 @@ async def wait_for(admin: str, sql: str, count: int, timeout: float = 600) -> No
 
 
 async def floor_recover(admin: str, keys: list[str], concurrency: int) -> None:
-    from restate_recovery.runbooks.recover import state_version
+    from restate_recovery.runbooks.recover import read_back_delays, state_version
 
     async with httpx.AsyncClient(base_url=admin, timeout=30, headers=JSON) as http:
 
@@ -98,8 +98,10 @@ async def floor_recover(admin: str, keys: list[str], concurrency: int) -> None:
                 f"/services/{WORKFLOW}/state",
                 json={"object_key": key, "new_state": {}, "version": state_version(state)},
             )
-            while await query(state_sql):
-                await asyncio.sleep(0.05)
+            for delay in read_back_delays():  # the same pauses as the runbook's
+                if not await query(state_sql):
+                    break
+                await asyncio.sleep(delay)
             for run in runs:
                 await http.patch(f"/invocations/{run['id']}/purge")
 

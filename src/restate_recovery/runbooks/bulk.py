@@ -33,7 +33,7 @@ from restate_recovery.errors import (
     RestateUnreachable,
     RetryBlockedError,
 )
-from restate_recovery.models import ApiModel, DoctorReadout
+from restate_recovery.models import ApiModel, DoctorReadout, ServiceInfo
 from restate_recovery.runbooks import recover
 from restate_recovery.schemas import (
     BatchRecovered,
@@ -113,7 +113,8 @@ async def plan_batch(
 ) -> BatchPlan:
     name = request.service_name
     try:
-        handler = recover.workflow_run_handler(await client.list_services(timeout=timeout), name)
+        services = await client.list_services(timeout=timeout)
+        handler = recover.workflow_run_handler(services, name)
         rows = await client.query(failed_runs_sql(name, handler), timeout=timeout)
     except RestateUnreachable as exc:
         raise AdminUnreachableError(f"Restate admin API unreachable: {exc}") from exc
@@ -123,16 +124,23 @@ async def plan_batch(
 
     async def one(key: str) -> KeyPlan:
         async with gate:
-            return await _plan_key(client, name, key, timeout)
+            return await _plan_key(client, name, key, timeout, services)
 
     keys = await asyncio.gather(*(one(k) for k in selected_keys(rows, request)))
     return BatchPlan(service_name=name, keys=list(keys))
 
 
-async def _plan_key(client: RestateAdminClient, service: str, key: str, timeout: float) -> KeyPlan:
+async def _plan_key(
+    client: RestateAdminClient,
+    service: str,
+    key: str,
+    timeout: float,
+    services: list[ServiceInfo],
+) -> KeyPlan:
     request = RecoverStuckWorkflowRequest(service_name=service, service_key=key)
     try:
-        return KeyPlan(key=key, plan=await recover.plan_recovery(client, request, timeout=timeout))
+        plan = await recover.plan_recovery(client, request, timeout=timeout, services=services)
+        return KeyPlan(key=key, plan=plan)
     except RetryBlockedError as exc:
         return KeyPlan(key=key, refused=f"{exc.reason}: {exc.message}")
     except OperatorError as exc:  # a pending timer, the admin API lost for this key

@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -229,11 +230,18 @@ def _unreachable(exc: RestateUnreachable, doing: str) -> AdminUnreachableError:
 
 
 async def plan_recovery(
-    client: RestateAdminClient, request: RecoverStuckWorkflowRequest, *, timeout: float
+    client: RestateAdminClient,
+    request: RecoverStuckWorkflowRequest,
+    *,
+    timeout: float,
+    services: list[ServiceInfo] | None = None,
 ) -> RecoveryPlan:
+    """The key's plan (``services``: Restate's service list, when the caller has just read it)."""
     name, key = request.service_name, request.service_key
     try:
-        handler = workflow_run_handler(await client.list_services(timeout=timeout), name)
+        if services is None:
+            services = await client.list_services(timeout=timeout)
+        handler = workflow_run_handler(services, name)
         rows = await client.query(run_invocations_sql(name, key, handler), timeout=timeout)
         state = await client.query(state_keys_sql(name, key), timeout=timeout)
     except RestateUnreachable as exc:
@@ -378,11 +386,21 @@ async def _clear_state(
             timeout=timeout,
         )
     deadline = time.monotonic() + STATE_CLEAR_DEADLINE_SECONDS
-    while True:
+    for delay in read_back_delays():
         keys = sorted(str(r.get("key")) for r in await client.query(sql, timeout=timeout))
         if not keys or time.monotonic() > deadline:
             return keys
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable: read_back_delays never ends")
+
+
+def read_back_delays() -> Iterator[float]:
+    """Pauses between read-backs of a write Restate applies a moment later: 10 ms, doubling,
+    at most 200 ms (most clears are visible within the first few)."""
+    delay = 0.01
+    while True:
+        yield delay
+        delay = min(delay * 2, 0.2)
 
 
 async def _refuse_if_a_run_started(

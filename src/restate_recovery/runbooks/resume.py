@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import (
@@ -54,6 +54,7 @@ class ResumePlan:
     deployment: str  # keep, latest or dp_...
     paused: list[tuple[str, str]]  # (invocation id, service name)
     skipped: list[SkippedInvocation]
+    modified: dict[str, str] = field(default_factory=dict)  # invocation id -> modified_at then
 
     def steps(self) -> list[PlannedStep]:
         steps = [
@@ -119,7 +120,12 @@ async def plan_resume(
     ]
     if request.deployment.startswith("dp_") and paused:
         await _check_deployment(client, request.deployment, {s for _, s in paused}, timeout)
-    return ResumePlan(deployment=request.deployment, paused=paused, skipped=skipped)
+    modified = {
+        str(r["id"]): str(r.get("modified_at")) for r in rows if r.get("status") == "paused"
+    }
+    return ResumePlan(
+        deployment=request.deployment, paused=paused, skipped=skipped, modified=modified
+    )
 
 
 async def _check_deployment(
@@ -171,23 +177,35 @@ async def execute_resume(
             f"Restate admin API unreachable while resuming (resumed before: "
             f"{', '.join(resumed) or 'none'}): {exc}"
         ) from exc
-    statuses = await _read_back(client, resumed, timeout=timeout)
+    statuses = await _read_back(client, resumed, plan.modified, timeout=timeout)
     details = [f"{i}: {statuses.get(i, 'gone')}" for i in resumed]
     return ResumedInvocations(resumed=resumed, skipped=skipped), details
 
 
 async def _read_back(
-    client: RestateAdminClient, resumed: list[str], *, timeout: float
+    client: RestateAdminClient,
+    resumed: list[str],
+    modified: dict[str, str],
+    *,
+    timeout: float,
 ) -> dict[str, str]:
-    """Each resumed invocation's status, read until none is ``paused`` (or the deadline)."""
+    """Each resumed invocation's status, read until each has left the pause it was in (another
+    status, or a newer ``modified_at``: one that failed again may be paused anew), or the
+    deadline; one still in its old pause reads ``paused``."""
     if not resumed:
         return {}
     ids = ", ".join(invocation_id_literal(i) for i in resumed)
-    sql = f"SELECT id, status FROM sys_invocation WHERE id IN ({ids})"
+    sql = f"SELECT id, status, modified_at FROM sys_invocation WHERE id IN ({ids})"
     deadline = time.monotonic() + READ_BACK_SECONDS
     while True:
         rows = await _query(client, sql, timeout=timeout)
-        statuses = {str(r.get("id")): str(r.get("status")) for r in rows}
+        statuses = {}
+        for row in rows:
+            invocation_id, status = str(row.get("id")), str(row.get("status"))
+            again = status == "paused" and str(row.get("modified_at")) != modified.get(
+                invocation_id
+            )
+            statuses[invocation_id] = "paused again" if again else status
         if "paused" not in statuses.values() or time.monotonic() > deadline:
             return statuses
         await asyncio.sleep(0.2)
