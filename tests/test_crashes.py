@@ -92,10 +92,13 @@ def eventually(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
     return value
 
 
-def runs_of_attempt(prefect_api_url: str, attempt_id: int) -> list[dict[str, Any]]:
+def runs_of_attempt(prefect_api_url: str, attempt_id: int, database: str) -> list[dict[str, Any]]:
+    """The Prefect runs of one attempt of ``database`` (other audit databases of the session have
+    rows with the same numbers: their runs carry another ``audit-db`` tag)."""
+    tags = [f"audit:{attempt_id}", f"audit-db:{store.database_id(database)}"]
     response = httpx.post(
         f"{prefect_api_url}/flow_runs/filter",
-        json={"flow_runs": {"tags": {"all_": [f"audit:{attempt_id}"]}}},
+        json={"flow_runs": {"tags": {"all_": tags}}},
         timeout=10,
     )
     response.raise_for_status()
@@ -138,6 +141,7 @@ def test_the_api_killed_mid_recovery_leaves_nothing_behind_and_the_rerun_acts_at
         (crashed,) = [r for r in rows(database) if r.request_id == "killed-1"]
         assert crashed.finished_at is None  # what the crash left: an open row ...
         assert crashed.id is not None
+        crashed_id = crashed.id
         with Session(store.engine_for(database)) as session:
             assert [lock.attempt_id for lock in store.locks(session=session)] == [crashed.id]
 
@@ -155,7 +159,10 @@ def test_the_api_killed_mid_recovery_leaves_nothing_behind_and_the_rerun_acts_at
             eventually(
                 "its run marked Crashed",
                 lambda: (
-                    [r["state_type"] for r in runs_of_attempt(prefect_server.api_url, crashed.id)]  # type: ignore[arg-type]
+                    [
+                        r["state_type"]
+                        for r in runs_of_attempt(prefect_server.api_url, crashed_id, database)
+                    ]
                     == ["CRASHED"]
                 ),
             )
@@ -193,7 +200,7 @@ def test_prefect_killed_mid_write_the_write_is_answered_as_done_and_its_run_cras
             eventually(
                 "the unfinished run marked Crashed",
                 lambda: (
-                    [r["state_type"] for r in runs_of_attempt(prefect.api_url, row.id)]  # type: ignore[arg-type]
+                    [r["state_type"] for r in runs_of_attempt(prefect.api_url, row.id, database)]  # type: ignore[arg-type]
                     == ["CRASHED"]
                 ),
             )

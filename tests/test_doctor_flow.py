@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    FlowFilter,
+    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.client.schemas.sorting import FlowRunSort
 
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.models import DoctorReadout
@@ -26,14 +30,14 @@ pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 async def latest_run_of(flow_name: str) -> tuple[str, str, str | None, list[str]]:
     """(flow run id, state type, state message, artifact keys) of the newest run of a flow."""
     async with get_client() as client:
-        runs = await client.read_flow_runs(limit=50)
-        flows = {f.id: f.name for f in await client.read_flows()}
-        mine = sorted(
-            (r for r in runs if flows.get(r.flow_id) == flow_name),
-            key=lambda r: r.created or 0,
-            reverse=True,
+        runs = (
+            await client.read_flow_runs(  # the newest of this flow, whatever else the session ran
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=50,
+            )
         )
-        run = mine[0]
+        run = max(runs, key=lambda r: r.created or datetime.min.replace(tzinfo=UTC))
         artifacts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )

@@ -333,6 +333,7 @@ async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
         "cleanup-stale-deployments": {"request": {"serviceUrl": deployed.service_url + "/"}, **who},
         "recover-stuck-workflow": {"request": {"serviceName": WORKFLOW, "serviceKey": key}, **who},
         "resume-paused-invocations": {"request": {"serviceName": "FlakyWorkflow"}, **who},
+        "recover-stuck-workflows": {"request": {"serviceName": WORKFLOW}, **who},
     }
     try:
         deadline = time.monotonic() + 90
