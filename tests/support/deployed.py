@@ -44,15 +44,19 @@ class Deployed:
     approvals: Receiver  # the approvers' webhook
 
     def stop_worker(self) -> None:
+        self.stop_process(self.worker)
+
+    @staticmethod
+    def stop_process(worker: subprocess.Popen[bytes]) -> None:
         """SIGTERM, then SIGKILL after 15 s: a run paused for approval (a finding of the 5-minute
         schedule can start one at any time) keeps its process, and the worker waits for it."""
-        if self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
             try:
-                self.worker.wait(timeout=15)
+                worker.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait(timeout=30)
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
 
 
 def run(args: list[str], env: dict[str, str]) -> str:
@@ -71,42 +75,47 @@ def deployed_stack(home: Path, service_url: str) -> Iterator[Deployed]:
     process worker, the automations applied (with an approvals webhook), and the operator API with
     an automation's key; stopped on exit."""
     restate = RestateServer(home / "restate").start()
-    restate.register(service_url)
     approvals = Receiver().__enter__()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
-    env.update(
-        {
-            "RESTATE_ADMIN_URL": restate.admin_url,
-            "RESTATE_INGRESS_URL": restate.ingress_url,
-            "RESTATE_SERVICE_URL": service_url,
-            "RESTATE_RECOVERY_CHECKOUT": str(PROJECT_DIR),
-            "RECOVERY_DATABASE_URL": f"sqlite:///{home / 'audit.db'}",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "RECOVERY_APPROVAL_WEBHOOK_URL": approvals.url,
-        }
-    )
-    run([str(BIN / "prefect"), "work-pool", "create", "restate-recovery", "--type", "process"], env)
-    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-    worker_log = (home / "worker.log").open("ab")
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "restate-recovery"],
-        env=env,
-        cwd=PROJECT_DIR,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    run([str(BIN / "restate-recovery"), "automations", "apply"], env)
-    api = OperatorApi(env=env, log_path=home / "api.log").start()
-    key = api.create_key(actor="alert_bot", role="automation", permissions=["system:operate"])
-    asyncio.run(wait_until_automations_are_live())
-    try:
+    worker: subprocess.Popen[bytes] | None = None
+    api: OperatorApi | None = None
+    try:  # whatever fails on the way up, what started is stopped
+        restate.register(service_url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
+        env.update(
+            {
+                "RESTATE_ADMIN_URL": restate.admin_url,
+                "RESTATE_INGRESS_URL": restate.ingress_url,
+                "RESTATE_SERVICE_URL": service_url,
+                "RESTATE_RECOVERY_CHECKOUT": str(PROJECT_DIR),
+                "RECOVERY_DATABASE_URL": f"sqlite:///{home / 'audit.db'}",
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+                "RECOVERY_APPROVAL_WEBHOOK_URL": approvals.url,
+            }
+        )
+        prefect = str(BIN / "prefect")
+        run([prefect, "work-pool", "create", "restate-recovery", "--type", "process"], env)
+        run([prefect, "--no-prompt", "deploy", "--all"], env)
+        worker_log = (home / "worker.log").open("ab")
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "restate-recovery"],
+            env=env,
+            cwd=PROJECT_DIR,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        run([str(BIN / "restate-recovery"), "automations", "apply"], env)
+        api = OperatorApi(env=env, log_path=home / "api.log").start()
+        key = api.create_key(actor="alert_bot", role="automation", permissions=["system:operate"])
+        asyncio.run(wait_until_automations_are_live())
         deployed = Deployed(restate, service_url, env, api, key, worker, approvals)
         yield deployed
     finally:
-        api.stop()
-        deployed.stop_worker()
+        if api is not None:
+            api.stop()
+        if worker is not None:
+            Deployed.stop_process(worker)
         restate.stop()
         approvals.__exit__()
 
