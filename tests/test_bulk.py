@@ -180,3 +180,34 @@ def test_a_batch_killed_mid_way_converges_on_a_rerun(
     assert all(outcomes[k] == {"abandoned"} for k in in_flight) and len(in_flight) <= 8
     assert all(r.finished_at is not None for r in rows)  # the dead process's rows closed
     assert {r.actor_user_id for r in per_key} == {"ops_9"}
+
+
+async def test_a_key_whose_audit_row_cannot_be_written_is_not_recovered_and_the_rest_go_on(
+    prefect_server: PrefectServer,
+    fresh_restate: RestateStack,
+    settings_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """No row, no write: the audit database refuses one key's row; that key is reported failed
+    and left as it was, the batch's other keys are recovered, and the answer says which is which
+    (nothing goes on behind a failed answer)."""
+    from restate_recovery import audit
+    from restate_recovery.errors import AuditUnavailableError
+
+    settings_env.setenv("RESTATE_ADMIN_URL", fresh_restate.admin_url)
+    settings_env.setenv("RECOVERY_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.db'}")
+    get_settings.cache_clear()
+    keys = failed_keys(fresh_restate, 5, "norow")
+    real = audit.AuditedAttempt.start
+
+    async def start(self: audit.AuditedAttempt) -> int:
+        if (self.attempt.arguments or {}).get("serviceKey") == keys[2]:
+            raise AuditUnavailableError("the audit database did not answer")
+        return await real(self)
+
+    settings_env.setattr(audit.AuditedAttempt, "start", start)
+    done = await run_flow("recover-stuck-workflows", service_name=WORKFLOW, concurrency=2)
+
+    outcomes = {k["serviceKey"]: k["outcome"] for k in done["keys"]}
+    assert outcomes == {k: ("failed" if k == keys[2] else "recovered") for k in keys}
+    assert still_failed(fresh_restate, "norow") == [keys[2]]  # untouched

@@ -232,7 +232,10 @@ async def _recover_key(
             request_id=parent.request_id if parent is not None else None,
         )
     )
-    attempt_id = await row.start()
+    try:  # no row, no write: this key is reported, the others go on
+        attempt_id = await row.start()
+    except OperatorError as exc:
+        return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
     try:
         async with leases.lock(
             f"workflow:{plan.service_name}:{key_plan.key}",
