@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 
 from restate_recovery.doctor.probes import ProbeSet, resolve_endpoints, run_doctor
+from restate_recovery.execution import untagged_tasks
 from restate_recovery.models import AlertContext, DoctorAnswer
 from restate_recovery.settings import get_settings
 from tasks import probes
@@ -41,8 +42,9 @@ async def doctor(alert: AlertContext | None = None) -> State:
     Args:
         alert: The alert that started this run (set by the automation; leave empty).
     """
-    readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
-    return await report_readout(readout, alert)
+    with untagged_tasks():
+        readout = await run_doctor(resolve_endpoints(get_settings()), probes=PROBE_TASKS)
+        return await report_readout(readout, alert)
 
 
 @flow(name="restate-doctor", flow_run_name="restate-doctor")
@@ -56,4 +58,5 @@ async def record_answer(answer: DoctorAnswer) -> State:
         "answered by the %s to %s (request %s)", answer.source, answer.actor, answer.request_id
     )
     readout = answer.unwrap()  # an answered error ends this run Failed with its code
-    return await report_readout(readout)
+    with untagged_tasks():
+        return await report_readout(readout)

@@ -42,7 +42,7 @@ from restate_recovery.audit import (
 )
 from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
 from restate_recovery.errors import ApprovalRejectedError, InvalidRequestError, PlanPendingError
-from restate_recovery.execution import CURRENT_RUN
+from restate_recovery.execution import CURRENT_RUN, note_begin, note_end, untagged
 from restate_recovery.models import AlertContext, ApiModel, DoctorReadout
 from restate_recovery.redaction import redact_text
 from restate_recovery.runbooks import Runbook
@@ -113,6 +113,7 @@ async def target_lock(target: str, trail: AuditedAttempt | None) -> AsyncIterato
             PARENT_ATTEMPT.reset(token)
 
 
+@untagged
 async def run_write_runbook(
     runbook: Runbook,
     request: RequestT,
@@ -139,6 +140,8 @@ async def run_write_runbook(
     trail: AuditedAttempt | None = None
     wrote = claimed = finished = False
     endpoints: Endpoints | None = None
+    ended: BaseException | None = None
+    note_begin(str(flow_run.id))
     try:
         endpoints = resolve_endpoints(get_settings())
         record.before = await doctor_before(endpoints)
@@ -179,6 +182,7 @@ async def run_write_runbook(
         record.phase = "done"
         return outcome.result.to_json()
     except BaseException as exc:
+        ended = exc
         record.fail(exc)
         logger.error("%s", exc)
         if wrote and endpoints is not None:  # the write may have done part of its work
@@ -191,6 +195,7 @@ async def run_write_runbook(
             return Cancelled(message=str(exc))
         raise
     finally:
+        note_end(ended)  # the caller in this process has its answer: the rest is Prefect's record
         if claimed:
             await plans.decided(target, str(flow_run.id))
         await publish(record)

@@ -269,6 +269,37 @@ def test_the_audit_database_lost_mid_write_the_answer_says_done_and_the_row_foll
     assert row_for(direct, "db-lost").outcome == "success"
 
 
+def test_a_busy_prefect_delays_a_write_and_never_fails_it(
+    prefect_server: PrefectServer, restate: RestateStack, tmp_path: Path
+) -> None:
+    """Prefect's SQLite under load answers 503 ("Service Unavailable", a locked database) for a
+    while: that is a busy Prefect, not a lost one, and the runbook waits it out (Prefect's own
+    client retries). Three such answers in a row to the run's creation outlast a budget of two
+    retries (the one this tool had set)."""
+    database = f"sqlite:///{tmp_path / 'audit.db'}"
+    key, _ = failed_key(restate, "prefect_busy")
+    busy = Fault(
+        status=503, body=b'{"exception_message": "Service Unavailable"}', times=3, exact=True
+    )
+    proxy = FaultProxy(
+        prefect_server.api_url.removesuffix("/api"), rules={("POST", "/api/flow_runs/"): busy}
+    )
+    with running(proxy):
+        env = api_env(restate.admin_url, database, f"{proxy.url}/api")
+        api = OperatorApi(env=env, log_path=tmp_path / "api.log").start()
+        try:
+            api_key = api.create_key(actor="ops_5", role="ops", permissions=["system:operate"])
+            answer = recover(api, api_key, key, "prefect-busy")
+        finally:
+            api.stop()
+
+    assert busy.times == 0  # all three 503s were answered
+    assert answer.status_code == 200 and answer.json() == {"acknowledged": True}, answer.text
+    assert invocation_ids(restate, key) == []
+    row = row_for(database, "prefect-busy")
+    assert (row.outcome, row.flow_run_id is not None) == ("success", True)
+
+
 def test_a_prefect_that_is_down_is_a_503_naming_it_and_nothing_is_written(
     restate: RestateStack, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterName,
 )
 
@@ -290,6 +291,37 @@ async def test_recovery_converges_when_run_again(
     assert await recover(key) == {"acknowledged": True}
     assert await recover(key) == {"acknowledged": True}  # nothing left to do
     assert state_of(restate_env.admin_url, key) == {}
+
+
+async def test_an_audited_runs_tags_are_on_its_flow_run_only(
+    prefect_server: PrefectServer, restate_env: RestateStack
+) -> None:
+    """Each tagged task run costs Prefect's server one more write (a concurrency-slot request
+    its no-limits cache cannot spare for a tag new with every attempt): under load those were
+    answered 503. The run is found by its tags; its task runs need none."""
+    key, _ = failed_key(restate_env, "tags")
+    await recover(key, dry_run=True)
+
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"recover-stuck-workflow/{WORKFLOW}/{key} (dry run)"])
+            )
+        )
+        assert "restate-recovery:audited" in run.tags
+        assert any(tag.startswith("audit:") for tag in run.tags), run.tags
+        deadline = time.monotonic() + 30
+        while (
+            len(
+                task_runs := await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                )
+            )
+            < 2
+        ):
+            assert time.monotonic() < deadline, task_runs  # doctor-before, the plan
+            await asyncio.sleep(0.25)
+    assert [t.tags for t in task_runs] == [[] for _ in task_runs]
 
 
 async def artifacts_of_runs_named(name: str) -> list[str]:

@@ -11,37 +11,60 @@ once the run is recorded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 from restate_recovery.audit import Attempt, AuditedAttempt, audited
 from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
 from restate_recovery.errors import OperatorError, PrefectUnavailableError
 from restate_recovery.janitor import attempt_tags
 from restate_recovery.models import DoctorAnswer, DoctorReadout
-from restate_recovery.redaction import redact
+from restate_recovery.redaction import redact, redact_text
 from restate_recovery.runbooks import DOCTOR, Runbook
 from restate_recovery.schemas import RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
 class InProcessRun:
     """What the caller of a runbook run in this process learns of it, whatever Prefect manages to
-    record: the audit row it belongs to, and what its one write did (noted by the write task
-    itself, before Prefect is told)."""
+    record: the audit row and flow run it belongs to, what its one write did (noted by the write
+    task itself, before Prefect is told), and when the flow's body has ended (``note_end``)."""
 
     attempt_id: int | None = None
     outcome: WriteOutcome | None = None
     error: OperatorError | None = None
+    flow_run_id: str | None = None
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    body_ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the run itself said what happened: the write noted an outcome or an error."""
+        return self.outcome is not None or self.error is not None
+
+    def end(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.body_ended.set)
 
 
 CURRENT_RUN: ContextVar[InProcessRun | None] = ContextVar("restate_recovery_run", default=None)
+
+# Once a run's body has ended with its answer, how long its caller waits for Prefect to record
+# the run's end before answering anyway (a busy Prefect is retried for about a minute, a lost one
+# for as long: the answer does not depend on either). The run goes on recording in the background.
+RECORD_GRACE_SECONDS = 10.0
+_RECORDING: set[asyncio.Future[Any]] = set()  # runs still recording after their caller was answered
 
 
 def note_write(outcome: WriteOutcome | None = None, error: OperatorError | None = None) -> None:
@@ -49,6 +72,24 @@ def note_write(outcome: WriteOutcome | None = None, error: OperatorError | None 
     run = CURRENT_RUN.get()
     if run is not None:
         run.outcome, run.error = outcome, error
+
+
+def note_begin(flow_run_id: str) -> None:
+    """A runbook's flow body has begun as run ``flow_run_id`` (no-op in a deployment run)."""
+    run = CURRENT_RUN.get()
+    if run is not None:
+        run.flow_run_id = flow_run_id
+
+
+def note_end(error: BaseException | None = None) -> None:
+    """A runbook's flow body has ended (with ``error`` when it refused before its write): its
+    caller need not wait for Prefect to record the end (no-op in a deployment run)."""
+    run = CURRENT_RUN.get()
+    if run is None:
+        return
+    if isinstance(error, OperatorError) and not run.answered:
+        run.error = error
+    run.end()
 
 
 async def run_flow(
@@ -88,6 +129,34 @@ async def run_flow(
     return await asyncio.get_running_loop().run_in_executor(executor, in_context)
 
 
+@contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Inside a flow's body: the task runs it starts carry none of the flow run's tags (as in a
+    deployment's run, where only the flow run has the deployment's tags).
+
+    Prefect's task engine asks the server for concurrency slots for every task run that has
+    tags: a write transaction per task run, which its cache of "no limits here" cannot spare
+    when one tag (``audit:<row id>``) is new with every attempt. Under load those were the
+    requests a busy Prefect answered 503, and a write runbook was reported unavailable.
+    The tags are for finding flow runs (``janitor``); no task run needs them.
+    """
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
+def untagged(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """``fn`` run under ``untagged_tasks``."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with untagged_tasks():
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
 def prefect_trouble(exc: BaseException) -> bool:
     """Whether a failure came from talking to Prefect (not from the runbook itself)."""
     import httpx
@@ -105,6 +174,11 @@ def prefect_trouble(exc: BaseException) -> bool:
     return False
 
 
+def cause(exc: BaseException) -> str:
+    """One line for a log: the exception's type and (redacted) message."""
+    return redact_text(f"{type(exc).__name__}: {exc}")[:500]
+
+
 def settle(runbook: Runbook, run: InProcessRun, exc: Exception) -> dict[str, Any]:
     """The answer of a run whose flow did not end as Prefect should have recorded it: what its
     write did if it ran (a write that happened is never reported as failed), else the error."""
@@ -120,6 +194,12 @@ def settle(runbook: Runbook, run: InProcessRun, exc: Exception) -> dict[str, Any
     if run.error is not None:
         raise run.error from exc
     if prefect_trouble(exc):
+        logger.error(
+            "%s (audit row %s): Prefect did not run it: %s",
+            runbook.name,
+            run.attempt_id,
+            cause(exc),
+        )
         raise PrefectUnavailableError(
             f"Prefect did not run {runbook.name} ({type(exc).__name__}): no write was made. "
             "Check PREFECT_API_URL and Prefect's health, then retry."
@@ -139,9 +219,9 @@ async def run_runbook(
     ``audit:<row id>`` (so a run left behind by a crash is found and marked Crashed)."""
     async with audited(attempt) as row:
         attempt_id = await row.start()
-        run = InProcessRun(attempt_id=attempt_id)
-        try:
-            state = await run_flow(
+        run = InProcessRun(attempt_id=attempt_id, loop=asyncio.get_running_loop())
+        flow_run = asyncio.ensure_future(
+            run_flow(
                 runbook.flow(),
                 {
                     "request": request,
@@ -153,10 +233,17 @@ async def run_runbook(
                 tags=await asyncio.to_thread(attempt_tags, attempt_id),
                 context=run,
             )
+        )
+        try:
+            state = await until_recorded(flow_run, run)
         except OperatorError:
             raise
         except Exception as exc:  # Prefect could not run it (or record its end)
+            row.flow_run_id = run.flow_run_id
             return settle(runbook, run, exc)
+        if state is None:  # answered by the run itself; Prefect is still recording its end
+            row.flow_run_id = run.flow_run_id
+            return settle(runbook, run, RunNotRecordedError(RECORD_GRACE_SECONDS))
         row.flow_run_id = str(state.state_details.flow_run_id)
         try:
             body: dict[str, Any] = await state.aresult(raise_on_failure=True)
@@ -165,6 +252,38 @@ async def run_runbook(
         except Exception as exc:
             return settle(runbook, run, exc)
         return body
+
+
+class RunNotRecordedError(Exception):
+    """Prefect had not recorded a run's end this long after its body ended."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"Prefect had not recorded the run's end {seconds:g} s after it ended")
+
+
+async def until_recorded(flow_run: asyncio.Future[Any], run: InProcessRun) -> Any:
+    """The run's final state once Prefect has recorded it; ``None`` when the run's body ended
+    with its answer and Prefect did not record the end within ``RECORD_GRACE_SECONDS`` (then
+    the run finishes recording in the background, and a sweep marks it Crashed should Prefect
+    never take it)."""
+    body_ended = asyncio.ensure_future(run.body_ended.wait())
+    try:
+        await asyncio.wait({flow_run, body_ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        body_ended.cancel()
+    if not flow_run.done() and run.answered:
+        await asyncio.wait({flow_run}, timeout=RECORD_GRACE_SECONDS)
+        if not flow_run.done():
+            _RECORDING.add(flow_run)
+            flow_run.add_done_callback(_recorded_late)
+            return None
+    return await flow_run
+
+
+def _recorded_late(flow_run: asyncio.Future[Any]) -> None:
+    _RECORDING.discard(flow_run)
+    if not flow_run.cancelled() and (exc := flow_run.exception()) is not None:
+        logger.warning("a run answered before Prefect recorded its end: %s", cause(exc))
 
 
 def record_flow() -> Any:
@@ -268,9 +387,7 @@ class DoctorAnswers:
             logger.warning("doctor answer %s was not recorded in Prefect: stopped first", name)
             raise
         except Exception as exc:
-            logger.error(
-                "doctor answer %s was not recorded in Prefect: %s", name, type(exc).__name__
-            )
+            logger.error("doctor answer %s was not recorded in Prefect: %s", name, cause(exc))
         finally:
             await self._finish(row, error)
 

@@ -66,9 +66,10 @@ def _configure(*, announce: bool) -> bool:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_CLI_PROMPT", "false")
     os.environ.setdefault(STARTUP_TIMEOUT, EMBEDDED_STARTUP_TIMEOUT_SECONDS)  # embedded only
-    # Prefect's client retries a lost server for about a minute by default (5 tries): a runbook
-    # run in this process then answers that long after Prefect went away. 2 tries: seconds.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
+    # PREFECT_CLIENT_MAX_RETRIES stays Prefect's own (5, about a minute of backoff): a busy
+    # Prefect answers 503 for seconds at a time (its SQLite locked under load), and a write
+    # runbook waits that out. A Prefect that is not there at all is known at once (its client
+    # does not retry a refused first connection).
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()

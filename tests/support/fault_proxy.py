@@ -37,6 +37,7 @@ class Fault:
         None  # runs once upstream answered, before the answer goes back
     )
     times: int | None = None  # None: every matching request
+    exact: bool = False  # the rule's path is the whole path, not a prefix
 
 
 @dataclass
@@ -60,7 +61,8 @@ class FaultProxy:
 
     def fault_for(self, method: str, path: str) -> Fault | None:
         for (rule_method, prefix), fault in self.rules.items():
-            if rule_method == method and path.startswith(prefix):
+            matches = path == prefix if fault.exact else path.startswith(prefix)
+            if rule_method == method and matches:
                 if fault.times is not None:
                     if fault.times <= 0:
                         continue
