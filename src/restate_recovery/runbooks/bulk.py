@@ -2,9 +2,11 @@
 
 - Selection: the service's terminal-failed run invocations (newest failure first), narrowed by a
   text their failure message holds and a failure time window, at most ``limit`` keys.
-- Each key is planned exactly as the single-key route plans it (``recover.plan_recovery``):
+- Each key is planned exactly as the single-key route plans it (``recover.plan_from_rows``):
   recoverable, or skipped with the reason that route would refuse it (``active-invocation``,
-  ``already-succeeded``, ``query-failed``, a pending timer). The plan lists every key.
+  ``already-succeeded``, ``query-failed``, a pending timer). The plan lists every key. What the
+  planner reads is read for ``PLAN_CHUNK`` keys at once (their runs, their state, their failed
+  runs' timers: three queries, not three per key).
 - The write recovers the recoverable keys, at most ``concurrency`` at once and ``rate`` starts a
   second, each under the single-key route's own lock (``workflow:<service>:<key>``), each with its
   own audit row (route ``recover-stuck-workflow``, signed as the batch's row, which it names) beside
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,21 +36,22 @@ from restate_recovery.errors import (
     RestateUnreachable,
     RetryBlockedError,
 )
-from restate_recovery.models import ApiModel, DoctorReadout, ServiceInfo
+from restate_recovery.models import ApiModel, DoctorReadout
 from restate_recovery.runbooks import recover
 from restate_recovery.schemas import (
     BatchRecovered,
     DryRunResult,
     KeyOutcome,
     PlannedStep,
-    RecoverStuckWorkflowRequest,
     RecoverStuckWorkflowsRequest,
     WriteOutcome,
 )
 from restate_recovery.settings import get_settings
-from restate_recovery.sql import literal, name_literal
+from restate_recovery.sql import NAME_PATTERN, literal, name_literal
 
 SCAN_LIMIT = 10_000  # failed runs read to find the keys (newest first)
+PLAN_CHUNK = 100  # keys planned with one read of their runs, one of their state, one of timers
+NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass
@@ -120,31 +124,95 @@ async def plan_batch(
         raise AdminUnreachableError(f"Restate admin API unreachable: {exc}") from exc
     except RestateRejected as exc:
         raise QueryFailedError(f"Reading the failed runs of {name} failed: {exc}") from exc
+    keys = selected_keys(rows, request)
     gate = asyncio.Semaphore(request.concurrency)
 
-    async def one(key: str) -> KeyPlan:
+    async def chunk(part: list[str]) -> list[KeyPlan]:
         async with gate:
-            return await _plan_key(client, name, key, timeout, services)
+            return await _plan_keys(client, name, handler, part, timeout)
 
-    keys = await asyncio.gather(*(one(k) for k in selected_keys(rows, request)))
-    return BatchPlan(service_name=name, keys=list(keys))
+    parts = [keys[i : i + PLAN_CHUNK] for i in range(0, len(keys), PLAN_CHUNK)]
+    planned = await asyncio.gather(*(chunk(part) for part in parts))
+    return BatchPlan(service_name=name, keys=[k for part in planned for k in part])
 
 
-async def _plan_key(
-    client: RestateAdminClient,
-    service: str,
-    key: str,
-    timeout: float,
-    services: list[ServiceInfo],
-) -> KeyPlan:
-    request = RecoverStuckWorkflowRequest(service_name=service, service_key=key)
+def runs_of_keys_sql(service_name: str, handler: str, keys: list[str]) -> str:
+    return (
+        "SELECT target_service_key, id, status, completion_result, completion_failure, "
+        "created_at FROM sys_invocation "
+        f"WHERE target_service_name = {name_literal(service_name)} "
+        f"AND target_handler_name = {literal(handler)} "
+        f"AND target_service_key IN ({', '.join(name_literal(k) for k in keys)})"
+    )
+
+
+def states_of_keys_sql(service_name: str, keys: list[str]) -> str:
+    return (
+        "SELECT service_key, key, value FROM state "
+        f"WHERE service_name = {name_literal(service_name)} "
+        f"AND service_key IN ({', '.join(name_literal(k) for k in keys)})"
+    )
+
+
+def by_key(rows: list[dict[str, Any]], column: str) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(str(row.get(column)), []).append(row)
+    return grouped
+
+
+async def _plan_keys(
+    client: RestateAdminClient, service: str, handler: str, keys: list[str], timeout: float
+) -> list[KeyPlan]:
+    """Plans of some keys, each as the single-key route plans it (``recover.plan_from_rows``),
+    from three reads for all of them (their runs, their state, their failed runs' timers)."""
+    named = [k for k in keys if NAME.fullmatch(k)]
+    refused = {
+        k: f"query-failed: the key does not match {NAME_PATTERN} (the single-key route's pattern)"
+        for k in keys
+        if k not in named
+    }
     try:
-        plan = await recover.plan_recovery(client, request, timeout=timeout, services=services)
-        return KeyPlan(key=key, plan=plan)
-    except RetryBlockedError as exc:
-        return KeyPlan(key=key, refused=f"{exc.reason}: {exc.message}")
-    except OperatorError as exc:  # a pending timer, the admin API lost for this key
-        return KeyPlan(key=key, refused=f"{exc.code}: {exc.message}")
+        runs = by_key(
+            await client.query(runs_of_keys_sql(service, handler, named), timeout=timeout)
+            if named
+            else [],
+            "target_service_key",
+        )
+        states = by_key(
+            await client.query(states_of_keys_sql(service, named), timeout=timeout)
+            if named
+            else [],
+            "service_key",
+        )
+        failed = [
+            str(r["id"])
+            for rows in runs.values()
+            for r in rows
+            if r.get("status") == "completed" and r.get("completion_result") == "failure"
+        ]
+        journal = await client.query(recover.timers_sql(failed), timeout=timeout) if failed else []
+    except RestateUnreachable as exc:
+        why = f"{AdminUnreachableError.code}: Restate admin API unreachable while planning: {exc}"
+        return [KeyPlan(key=k, refused=refused.get(k, why)) for k in keys]
+    except RestateRejected as exc:
+        why = f"query-failed: Workflow retry is blocked: reading the keys' runs failed ({exc})"
+        return [KeyPlan(key=k, refused=refused.get(k, why)) for k in keys]
+    plans = []
+    for key in keys:
+        if key in refused:
+            plans.append(KeyPlan(key=key, refused=refused[key]))
+            continue
+        try:
+            plan = recover.plan_from_rows(
+                service, key, handler, runs.get(key, []), states.get(key, []), journal
+            )
+            plans.append(KeyPlan(key=key, plan=plan))
+        except RetryBlockedError as exc:
+            plans.append(KeyPlan(key=key, refused=f"{exc.reason}: {exc.message}"))
+        except OperatorError as exc:  # a pending timer
+            plans.append(KeyPlan(key=key, refused=f"{exc.code}: {exc.message}"))
+    return plans
 
 
 class Pace:

@@ -251,7 +251,7 @@ async def plan_recovery(
             f"Workflow retry is blocked: querying {name}/{key} failed ({exc})", "query-failed"
         ) from exc
     failed = classify_run_invocations(rows)
-    timers: dict[str, float] = {}
+    journal: list[dict[str, Any]] = []
     if failed:
         try:
             journal = await client.query(timers_sql(failed), timeout=timeout)
@@ -262,16 +262,30 @@ async def plan_recovery(
                 f"Workflow retry is blocked: reading the journal of {name}/{key} failed ({exc})",
                 "query-failed",
             ) from exc
-        timers = pending_timers(journal, time.time())
-        wait = get_settings().recovery_timer_wait_seconds
-        late = {i: at for i, at in timers.items() if at - time.time() > wait}
-        if late:
-            raise TimerPendingError(
-                f"Workflow recovery of {name}/{key} would let a killed run's timer wake the key's "
-                f"next run (restatedev/restate#5425, before Restate 1.8.0): "
-                + ", ".join(f"{i} at {iso(at)}" for i, at in sorted(late.items()))
-                + f", more than {wait:g} s away. Nothing was written; retry after it."
-            )
+    return plan_from_rows(name, key, handler, rows, state, journal)
+
+
+def plan_from_rows(
+    name: str,
+    key: str,
+    handler: str,
+    rows: list[dict[str, Any]],
+    state: list[dict[str, Any]],
+    journal: list[dict[str, Any]],
+) -> RecoveryPlan:
+    """The key's plan from what Restate said of it: its run invocations (``rows``), its state
+    entries, and the Sleep commands of its runs' journals; a refusal where retry is unsafe."""
+    failed = classify_run_invocations(rows)
+    timers = pending_timers([j for j in journal if j.get("id") in failed], time.time())
+    wait = get_settings().recovery_timer_wait_seconds
+    late = {i: at for i, at in timers.items() if at - time.time() > wait}
+    if late:
+        raise TimerPendingError(
+            f"Workflow recovery of {name}/{key} would let a killed run's timer wake the key's "
+            f"next run (restatedev/restate#5425, before Restate 1.8.0): "
+            + ", ".join(f"{i} at {iso(at)}" for i, at in sorted(late.items()))
+            + f", more than {wait:g} s away. Nothing was written; retry after it."
+        )
     return RecoveryPlan(
         service_name=name,
         service_key=key,
