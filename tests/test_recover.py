@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,14 +23,23 @@ from prefect.client.schemas.filters import (
 )
 
 from restate_recovery.client import RestateAdminClient
-from restate_recovery.errors import PlanChangedError, RetryBlockedError, TimerPendingError
+from restate_recovery.errors import (
+    PlanChangedError,
+    RetryBlockedError,
+    StateWriteUnsafeError,
+    TimerPendingError,
+)
+from restate_recovery.models import VersionInfo
+from restate_recovery.runbooks import bulk
 from restate_recovery.runbooks import recover as recover_runbook
-from restate_recovery.schemas import RecoverStuckWorkflowRequest
+from restate_recovery.schemas import RecoverStuckWorkflowRequest, RecoverStuckWorkflowsRequest
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
 from tests.support.fault_proxy import Fault, FaultProxy, running
 from tests.support.local_stack import (
     PrefectServer,
+    RestateServer,
+    SampleService,
     submit_workflow,
     wait_for_status,
 )
@@ -562,3 +572,44 @@ async def test_a_killed_runs_timer_due_later_than_the_wait_is_refused(
     assert info.value.http_status == 409 and killed in info.value.message
     assert [r["id"] for r in invocations_of(restate_env.admin_url, key)] == [killed]  # not purged
     assert state_of(restate_env.admin_url, key) == {"attempt-marker": '"sleep"'}  # not cleared
+
+
+async def test_a_server_that_drops_follower_state_writes_is_refused_before_anything_is_written(
+    tmp_path: Path, sample_service: SampleService
+) -> None:
+    """restatedev/restate#5416 (fixed in 1.8.0) reproduced on a 1.7.12 cluster with vqueues on
+    (tests/test_cluster.py): followers skip the admin API's state writes, so a cleared state can
+    come back after a leader change. Where /version says vqueues are on, both recovery runbooks
+    refuse before their first write."""
+    server = RestateServer(tmp_path / "restate", extra_config="experimental-enable-vqueues = true")
+    server.start()
+    try:
+        server.register(sample_service.url)
+        assert httpx.get(f"{server.admin_url}/version").json()["features"]["vqueues"] is True
+        key = new_key("vqueues")
+        invocation_id = submit_workflow(server.ingress_url, key, "fail")
+        wait_for_status(server.admin_url, invocation_id, "completed")
+        before = state_of(server.admin_url, key)
+        async with RestateAdminClient.connect(server.admin_url, timeout=10) as client:
+            request = RecoverStuckWorkflowRequest(service_name=WORKFLOW, service_key=key)
+            with pytest.raises(StateWriteUnsafeError, match="5416"):
+                await recover_runbook.write(client, request, timeout=10, dry_run=False)
+            many = RecoverStuckWorkflowsRequest(service_name=WORKFLOW)
+            with pytest.raises(StateWriteUnsafeError):
+                await bulk.write(client, many, timeout=10, dry_run=False)
+        assert [r["id"] for r in invocations_of(server.admin_url, key)] == [invocation_id]
+        assert state_of(server.admin_url, key) == before != {}
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("version", "vqueues", "unsafe"),
+    [("1.7.12", True, True), ("1.7.12", False, False), ("1.8.0", True, False),
+     ("1.10.1", True, False), ("1.7.12-dev", True, True)],
+)  # fmt: skip
+def test_which_servers_drop_follower_state_writes(
+    version: str, vqueues: bool, unsafe: bool
+) -> None:
+    info = VersionInfo(version=version, features={"vqueues": vqueues})
+    assert info.drops_follower_state_writes() is unsafe

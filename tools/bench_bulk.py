@@ -117,7 +117,10 @@ async def ours_recover(admin: str, count: int, concurrency: int) -> Any:
         service_name=WORKFLOW, limit=count, rate=200.0, concurrency=concurrency
     )
     async with RestateAdminClient.connect(admin, timeout=30) as client:
-        return (await bulk.write(client, request, timeout=30, dry_run=False)).result
+        started = time.perf_counter()  # bulk.write's two steps, timed apart
+        plan = await bulk.plan_batch(client, request, timeout=30)
+        timed("  of which planning", started)
+        return await bulk.execute_batch(client, plan, request, timeout=30, approved=None)
 
 
 async def floor_resume(admin: str, ids: list[str]) -> None:

@@ -13,6 +13,7 @@
         ├── RetryBlockedError          RESTATE_WORKFLOW_RETRY_BLOCKED (HTTP 409, reason + invocation ids)
         ├── RecoveryInProgressError    RESTATE_RECOVERY_IN_PROGRESS   (HTTP 409, target busy)
         ├── TimerPendingError          RESTATE_WORKFLOW_TIMER_PENDING (HTTP 409, a killed run's timer)
+        ├── StateWriteUnsafeError      RESTATE_STATE_WRITE_UNSAFE     (HTTP 409, vqueues before 1.8)
         ├── InvalidRequestError        INVALID_REQUEST                (HTTP 400, field errors)
         ├── ApprovalRejectedError      RESTATE_RECOVERY_REJECTED      (HTTP 409, not approved)
         ├── PlanPendingError           RESTATE_RECOVERY_PLAN_PENDING  (409, a plan already waits)
@@ -174,6 +175,15 @@ class TimerPendingError(OperatorError):
     (restatedev/restate#5425, in Restate before 1.8.0). Nothing was written; retry after it."""
 
     code = "RESTATE_WORKFLOW_TIMER_PENDING"
+    http_status = 409
+
+
+class StateWriteUnsafeError(OperatorError):
+    """Restate would not apply a state write on every replica: a server before 1.8.0 with its
+    experimental vqueues on drops admin state writes on followers (restatedev/restate#5416), so
+    a cleared state may come back after a leader change. Nothing was written."""
+
+    code = "RESTATE_STATE_WRITE_UNSAFE"
     http_status = 409
 
 

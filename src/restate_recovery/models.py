@@ -206,6 +206,13 @@ class ServiceList(AdminModel):
 
 class VersionInfo(AdminModel):
     version: str
+    features: dict[str, Any] = Field(default_factory=dict)  # e.g. {"vqueues": false} on 1.7
+
+    def drops_follower_state_writes(self) -> bool:
+        """restatedev/restate#5416: before 1.8.0, with vqueues on, followers skip admin state
+        writes (reproduced on a 1.7.12 cluster with ``experimental-enable-vqueues``)."""
+        parts = [int(p) if p.isdigit() else 0 for p in self.version.split("-")[0].split(".")[:2]]
+        return bool(self.features.get("vqueues")) and tuple(parts) < (1, 8)
 
 
 class QueryResult(AdminModel):

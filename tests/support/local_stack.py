@@ -128,6 +128,7 @@ class RestateServer:
     ingress_port: int = field(default_factory=free_port)
     node_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""  # top-level lines added to restate.toml
 
     @property
     def admin_url(self) -> str:
@@ -153,6 +154,7 @@ class RestateServer:
                     f'advertised-address = "http://127.0.0.1:{self.node_port}/"',
                     "disable-telemetry = true",
                     "default-num-partitions = 2",
+                    self.extra_config,
                     "[admin]",
                     f'bind-address = "127.0.0.1:{self.admin_port}"',
                     "[ingress]",

@@ -119,6 +119,7 @@ async def plan_batch(
     try:
         services = await client.list_services(timeout=timeout)
         handler = recover.workflow_run_handler(services, name)
+        await recover.refuse_unsafe_state_writes(client, timeout=timeout)
         rows = await client.query(failed_runs_sql(name, handler), timeout=timeout)
     except RestateUnreachable as exc:
         raise AdminUnreachableError(f"Restate admin API unreachable: {exc}") from exc

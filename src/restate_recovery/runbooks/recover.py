@@ -52,6 +52,7 @@ from restate_recovery.errors import (
     RestateRejected,
     RestateUnreachable,
     RetryBlockedError,
+    StateWriteUnsafeError,
     TimerPendingError,
 )
 from restate_recovery.models import ApiModel, DoctorReadout, ServiceInfo
@@ -242,6 +243,7 @@ async def plan_recovery(
         if services is None:
             services = await client.list_services(timeout=timeout)
         handler = workflow_run_handler(services, name)
+        await refuse_unsafe_state_writes(client, timeout=timeout)
         rows = await client.query(run_invocations_sql(name, key, handler), timeout=timeout)
         state = await client.query(state_keys_sql(name, key), timeout=timeout)
     except RestateUnreachable as exc:
@@ -263,6 +265,19 @@ async def plan_recovery(
                 "query-failed",
             ) from exc
     return plan_from_rows(name, key, handler, rows, state, journal)
+
+
+async def refuse_unsafe_state_writes(client: RestateAdminClient, *, timeout: float) -> None:
+    """``RESTATE_STATE_WRITE_UNSAFE`` where Restate would not clear a state on every replica
+    (restatedev/restate#5416: a server before 1.8.0 with vqueues on)."""
+    info = await client.version(timeout=timeout)
+    if info.drops_follower_state_writes():
+        raise StateWriteUnsafeError(
+            f"Restate {info.version} runs with vqueues on: before 1.8.0 its followers skip admin "
+            "state writes (restatedev/restate#5416), so a cleared state can come back after a "
+            "leader change. Nothing was written. Upgrade to 1.8.0 or later, or turn "
+            "experimental-enable-vqueues off, then retry."
+        )
 
 
 def plan_from_rows(
