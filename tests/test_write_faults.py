@@ -41,12 +41,15 @@ def engine(
     on_state: Callable[[], None] | None = None,
     on_state_request: Callable[[httpx.Request], None] | None = None,
 ) -> Callable[[httpx.Request], httpx.Response]:
-    """A mock admin API: services, the given query answers, kill 409 (already completed)."""
+    """A mock admin API: services, version, the given query answers, kill 409 (already
+    completed)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/services":
             return httpx.Response(200, json=SERVICES)
+        if path == "/version":  # as the pinned 1.7.12 answers by default
+            return httpx.Response(200, json={"version": "1.7.12", "features": {"vqueues": False}})
         if path == "/query":
             return query(request.content.decode())
         if path.endswith("/kill"):
