@@ -15,10 +15,13 @@ import pytest
 from sqlmodel import Session
 
 from restate_recovery import store
+from restate_recovery.client import RestateAdminClient
+from restate_recovery.runbooks import bulk
+from restate_recovery.schemas import RecoverStuckWorkflowsRequest
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
 from tests.support.fault_proxy import Fault, FaultProxy, running
-from tests.support.local_stack import OperatorApi, PrefectServer, submit_workflow
+from tests.support.local_stack import OperatorApi, PrefectServer, submit_workflow, wait_for_status
 from tests.support.runbooks import run_flow
 from tests.test_crashes import api_env
 
@@ -211,3 +214,23 @@ async def test_a_key_whose_audit_row_cannot_be_written_is_not_recovered_and_the_
     outcomes = {k["serviceKey"]: k["outcome"] for k in done["keys"]}
     assert outcomes == {k: ("failed" if k == keys[2] else "recovered") for k in keys}
     assert still_failed(fresh_restate, "norow") == [keys[2]]  # untouched
+
+
+async def test_a_key_the_single_key_route_would_not_take_is_skipped_saying_why(
+    fresh_restate: RestateStack,
+) -> None:
+    """Restate keys are any text; the single-key route takes ``^[a-zA-Z0-9_-]+$`` only. Such a key
+    among the failed ones is planned as a skip with the reason, and the other keys still are."""
+    (plain,) = failed_keys(fresh_restate, 1, "named")
+    odd = f"odd.key_{uuid.uuid4().hex[:6]}"
+    invocation_id = submit_workflow(fresh_restate.ingress_url, odd, "fail")
+    wait_for_status(fresh_restate.admin_url, invocation_id, "completed")
+
+    request = RecoverStuckWorkflowsRequest(service_name=WORKFLOW)
+    async with RestateAdminClient.connect(fresh_restate.admin_url, timeout=10) as client:
+        plan = await bulk.plan_batch(client, request, timeout=10)
+
+    steps = {s.target: s for s in plan.steps()}
+    assert steps[f"{WORKFLOW}/{plain}"].action == "recover"
+    skip = steps[f"{WORKFLOW}/{odd}"]
+    assert skip.action == "skip" and "does not match" in (skip.detail or ""), skip

@@ -29,5 +29,10 @@ def invocation_id_literal(value: str) -> str:
     return literal(value)
 
 
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a service name or key ``name_literal`` takes."""
+    return bool(_NAME.fullmatch(value))
+
+
 def is_invocation_id(value: str) -> bool:
     return bool(INVOCATION_ID.fullmatch(value))

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,11 +46,10 @@ from restate_recovery.schemas import (
     WriteOutcome,
 )
 from restate_recovery.settings import get_settings
-from restate_recovery.sql import NAME_PATTERN, literal, name_literal
+from restate_recovery.sql import NAME_PATTERN, is_name, literal, name_literal
 
 SCAN_LIMIT = 10_000  # failed runs read to find the keys (newest first)
 PLAN_CHUNK = 100  # keys planned with one read of their runs, one of their state, one of timers
-NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass
@@ -167,7 +165,7 @@ async def _plan_keys(
 ) -> list[KeyPlan]:
     """Plans of some keys, each as the single-key route plans it (``recover.plan_from_rows``),
     from three reads for all of them (their runs, their state, their failed runs' timers)."""
-    named = [k for k in keys if NAME.fullmatch(k)]
+    named = [k for k in keys if is_name(k)]
     refused = {
         k: f"query-failed: the key does not match {NAME_PATTERN} (the single-key route's pattern)"
         for k in keys
