@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from restate_recovery import client as client_module
 from restate_recovery.client import RestateAdminClient
 from restate_recovery.errors import RestateBadResponse, RestateRejected, RestateUnreachable
 
@@ -180,3 +181,61 @@ async def test_a_get_on_a_connection_closed_under_it_is_asked_once_more_a_write_
     with pytest.raises(RestateUnreachable):
         await client_for(always_dropped).list_deployments()
     assert calls == ["GET", "GET"]  # once more, not forever
+
+
+MOVING = (
+    "partition 2 doesn't exist on this node, this is benign if the partition is being "
+    "transferred out of/into this node."
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        MOVING,
+        "Datafusion error: External error: connect throttled; 1.1s left in throttling window",
+        "Datafusion error: External error: expecting a partition store",
+    ],  # fmt: skip
+    ids=["transferred", "throttled", "no-partition-store"],
+)
+async def test_a_query_meeting_a_moving_partition_is_asked_again_until_answered(
+    message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "MOVING_PARTITION_RETRIES", (0.01, 0.01, 0.01))
+    answers = [httpx.Response(500, json={"message": message})] * 2 + [
+        httpx.Response(200, json={"rows": [{"n": 1}]})
+    ]
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return answers[len(seen) - 1]
+
+    async with client_for(handler) as client:
+        assert await client.query("SELECT 1 AS n") == [{"n": 1}]
+    assert seen == ["/query"] * 3
+
+
+async def test_other_query_errors_and_a_partition_that_stays_away_are_not_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client_module, "MOVING_PARTITION_RETRIES", (0.01, 0.01))
+    seen: list[str] = []
+
+    def other(request: httpx.Request) -> httpx.Response:
+        seen.append("other")
+        return httpx.Response(500, json={"message": "table 'nodes' not found"})
+
+    async with client_for(other) as client:
+        with pytest.raises(RestateRejected, match="not found"):
+            await client.query("SELECT * FROM nodes")
+    assert seen == ["other"]  # asked once
+
+    def away(request: httpx.Request) -> httpx.Response:
+        seen.append("away")
+        return httpx.Response(500, json={"message": MOVING})
+
+    async with client_for(away) as client:
+        with pytest.raises(RestateRejected, match="benign"):
+            await client.query("SELECT 1")
+    assert seen.count("away") == 3  # once, then once after each of the two pauses

@@ -8,6 +8,7 @@ URL may carry credentials.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -109,6 +110,21 @@ def tls_context() -> ssl.SSLContext:
 # keep-alive connection arrived about 40 ms late (TCP delayed ACK; docs/performance.md), and a query
 # must not take the warm connections the other calls keep (a fresh loopback one costs under 1 ms).
 QUERY_LIMITS = httpx.Limits(max_keepalive_connections=0)
+
+
+# What restate-server 1.7 answers /query (500) while a partition moves between the nodes of a
+# cluster (a node died or came back; seen for 1 to 3 s, docs/cluster.md): a read asked again a
+# moment later is answered.
+MOVING_PARTITION = re.compile(
+    r"this is benign if the partition is being transferred|connect throttled|"
+    r"expecting a partition store",
+    re.IGNORECASE,
+)
+MOVING_PARTITION_RETRIES = (0.25, 0.5, 1.0, 2.0)  # seconds before each ask again
+
+
+def partition_moving(exc: RestateRejected) -> bool:
+    return exc.status_code == 500 and bool(MOVING_PARTITION.search(exc.message))
 
 
 class RestateAdminClient:
@@ -273,17 +289,28 @@ class RestateAdminClient:
         on_sent: Callable[[], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Run a read-only SQL query. NULL columns are absent from a row: read with ``.get()``.
-        ``on_sent`` is called once the whole request is on the wire."""
-        response = await self._request(
-            "POST",
-            Routes.query,
-            json_body={"query": sql},
-            # accept: exactly this, or Restate answers Arrow. connection: close: see QUERY_LIMITS.
-            headers={"accept": "application/json", "connection": "close"},
-            timeout=timeout,
-            on_sent=on_sent,
-            queries=True,
-        )
+        ``on_sent`` is called once the whole request is on the wire. A query that meets a
+        partition moving between the nodes of a cluster is asked again, after each of
+        ``MOVING_PARTITION_RETRIES`` (it only reads)."""
+        for delay in (*MOVING_PARTITION_RETRIES, None):
+            try:
+                response = await self._request(
+                    "POST",
+                    Routes.query,
+                    json_body={"query": sql},
+                    # accept: exactly this, or Restate answers Arrow. connection: close: see
+                    # QUERY_LIMITS.
+                    headers={"accept": "application/json", "connection": "close"},
+                    timeout=timeout,
+                    on_sent=on_sent,
+                    queries=True,
+                )
+                break
+            except RestateRejected as exc:
+                if delay is None or not partition_moving(exc):
+                    raise
+                logger.info("%s; asking again in %g s", exc, delay)
+                await asyncio.sleep(delay)
         return self._parse(QueryResult, response).rows
 
     # --- invocations --------------------------------------------------------------------------
