@@ -2,7 +2,9 @@
 
 Symptom: anything. Always run the doctor first, and again after any write runbook.
 What it does: probes the Restate ingress, the admin API (and its version), the deployment list,
-the service list and the invocation table, concurrently, each within its own timeout. A broken
+the service list and the invocation table, concurrently, each within its own timeout; with
+RESTATE_NODE_URLS set, the cluster too (nodes, partitions, logs, freezes, draining; beside the
+spec's five components). A broken
 component marks only itself ``degraded`` (error status, unexpected payload) or ``unreachable``
 (refused, reset, timed out); the readout always comes back.
 Guard: none needed, nothing is written. It fails only when RESTATE_ADMIN_URL is unset or invalid
@@ -32,6 +34,7 @@ PROBE_TASKS = ProbeSet(
     deployments=probes.probe_deployments,
     services=probes.probe_services,
     invocations=probes.probe_invocations,
+    cluster=probes.probe_cluster,
 )
 
 

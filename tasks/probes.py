@@ -17,6 +17,7 @@ from restate_recovery.client import RestateAdminClient
 from restate_recovery.doctor import probes
 from restate_recovery.models import (
     AdminReadout,
+    ClusterReadout,
     DeploymentsReadout,
     IngressReadout,
     InvocationsReadout,
@@ -49,3 +50,8 @@ async def probe_invocations(
     client: RestateAdminClient, timeout: float, on_sent: Callable[[], None] | None = None
 ) -> InvocationsReadout:
     return await probes.probe_invocations(client, timeout, on_sent)
+
+
+@task(name="probe-cluster", cache_policy=NO_CACHE)
+async def probe_cluster(endpoints: probes.Endpoints) -> ClusterReadout | None:
+    return await probes.probe_cluster(endpoints)

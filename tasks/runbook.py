@@ -40,7 +40,7 @@ from restate_recovery.audit import (
     arguments_of,
     refused,
 )
-from restate_recovery.doctor.probes import Endpoints, resolve_endpoints, run_doctor
+from restate_recovery.doctor.probes import Endpoints, choose_admin, resolve_endpoints, run_doctor
 from restate_recovery.errors import ApprovalRejectedError, InvalidRequestError, PlanPendingError
 from restate_recovery.execution import CURRENT_RUN, note_begin, note_end, untagged
 from restate_recovery.models import AlertContext, ApiModel, DoctorReadout
@@ -143,7 +143,7 @@ async def run_write_runbook(
     ended: BaseException | None = None
     note_begin(str(flow_run.id))
     try:
-        endpoints = resolve_endpoints(get_settings())
+        endpoints = await choose_admin(resolve_endpoints(get_settings()))
         record.before = await doctor_before(endpoints)
         guard_admin(record.before)
         if require_approval and not dry_run:

@@ -6,20 +6,34 @@ docs/cluster.md has them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from restate_recovery.doctor.probes import resolve_endpoints, run_doctor
+from restate_recovery.doctor.render import verdict
+from restate_recovery.errors import AdminUnreachableError
+from restate_recovery.models import DoctorReadout
 from restate_recovery.runbooks.recover import state_version
+from restate_recovery.settings import get_settings
 from restate_recovery.sql import invocation_id_literal, name_literal
 from tests.support.cluster import ClusterNode, RestateCluster, wait_for
-from tests.support.local_stack import SampleService, StackError, submit_workflow, wait_for_status
+from tests.support.fault_proxy import Fault, FaultProxy, running
+from tests.support.local_stack import (
+    PrefectServer,
+    SampleService,
+    StackError,
+    submit_workflow,
+    wait_for_status,
+)
+from tests.support.runbooks import run_flow
 
 pytestmark = [pytest.mark.restate]
 
@@ -315,13 +329,16 @@ def test_with_vqueues_enabled_a_follower_skips_the_cleared_state_issue_5416(
 
     _, _, partition_id, leader, _ = clear_a_failed_key(cluster)
     names = cluster.plain_node_names()
-    replicas = {
-        names[str(r["plain_node_id"])]
-        for r in cluster.partition_state()
-        if int(r["partition_id"]) == partition_id
-    }
-    followers = [n for n in cluster.nodes if n.name in replicas and n is not leader]
-    assert followers
+
+    def followers_now() -> list[ClusterNode]:  # gossip can lag: a replica's row comes a bit later
+        replicas = {
+            names[str(r["plain_node_id"])]
+            for r in cluster.partition_state()
+            if int(r["partition_id"]) == partition_id
+        }
+        return [n for n in cluster.nodes if n.name in replicas and n is not leader]
+
+    followers, _ = wait_for("the partition's followers are listed", followers_now, timeout=30)
     skipped, skipped_s = wait_for(
         "a follower logs the skipped state mutation",
         lambda: [n for n in followers if SKIPPED_MUTATION in n.log_path.read_text()],
@@ -333,3 +350,222 @@ def test_with_vqueues_enabled_a_follower_skips_the_cleared_state_issue_5416(
     line = next(line for line in lines if SKIPPED_MUTATION in line)
     observed("follower log line", line.strip())
     assert line.strip().startswith("Will not run mut_")
+
+
+# --- the doctor and the runbooks on the cluster ------------------------------------------------
+
+
+@pytest.fixture
+def cluster_env(
+    settings_env: pytest.MonkeyPatch, cluster: RestateCluster, sample_service: SampleService
+) -> RestateCluster:
+    """The tool configured for the cluster: its three admin APIs (node 1's first), node 2's
+    ingress (as behind a load balancer), its three node URLs for the cluster readout."""
+    settings_env.setenv("RESTATE_ADMIN_URL", ",".join(cluster.admin_urls))
+    settings_env.setenv("RESTATE_INGRESS_URL", cluster.ingress_urls[1])
+    settings_env.setenv("RESTATE_NODE_URLS", ",".join(cluster.node_urls))
+    settings_env.setenv("RESTATE_SERVICE_URL", sample_service.url)
+    settings_env.setenv("RECOVERY_WRITE_TIMEOUT_SECONDS", "5")
+    get_settings.cache_clear()
+    return cluster
+
+
+async def doctor() -> DoctorReadout:
+    return await run_doctor(resolve_endpoints(get_settings()))
+
+
+async def doctor_until(what: str, check: Callable[[DoctorReadout], bool], timeout: float = 60
+                       ) -> DoctorReadout:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    readout = await doctor()
+    while not check(readout):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s: {readout.to_json()}"
+        await asyncio.sleep(0.5)
+        readout = await doctor()
+    return readout
+
+
+def spec_parts_ok(readout: DoctorReadout) -> bool:
+    return all(p.status == "ok" for n, p in readout.components() if n != "cluster")
+
+
+def run_ids(cluster: RestateCluster, key: str, admin: int = 1) -> list[str]:
+    rows = cluster.nodes[admin].query(
+        "SELECT id FROM sys_invocation WHERE target_service_name = "
+        f"{name_literal(WORKFLOW)} AND target_service_key = {name_literal(key)}"
+    )
+    return [str(r["id"]) for r in rows]
+
+
+async def test_the_doctor_reads_the_cluster_names_a_killed_node_and_writes_go_through_another(
+    prefect_server: PrefectServer, cluster_env: RestateCluster
+) -> None:
+    cluster = cluster_env
+    healthy = await doctor_until(
+        "all ok", lambda r: spec_parts_ok(r) and r.cluster is not None and r.cluster.status == "ok"
+    )
+    assert healthy.cluster is not None
+    body = healthy.to_json()
+    observed("cluster readout, healthy", body["cluster"])
+    assert (healthy.cluster.kind, healthy.cluster.partitions) == ("cluster", 4)
+    assert sorted((n.name, n.state) for n in healthy.cluster.nodes) == [
+        (f"node-{i}", "alive") for i in (1, 2, 3)
+    ]
+    assert {tuple(n.roles) for n in healthy.cluster.nodes} == {
+        ("admin", "worker", "metadata-server", "log-server", "ingress")
+    }
+    assert (body["admin"]["url"], body["admin"]["unanswered"]) == (cluster.admin_urls[0], [])
+    assert {"ingress", "admin", "deployments", "services", "invocations"} < set(body)
+
+    key = f"cd_{uuid.uuid4().hex[:8]}"
+    failed = submit_workflow(cluster.ingress_urls[1], key, "fail")
+    wait_for_status(cluster.admin_urls[1], failed, "completed", timeout=60)
+
+    victim = cluster.nodes[0]
+    plain = {name: plain for plain, name in cluster.plain_node_names().items()}[victim.name]
+    cluster.kill(victim.index)
+    try:
+        dead = await doctor_until(
+            "node 1 named dead, the spec's five ok",
+            lambda r: (
+                spec_parts_ok(r)
+                and r.cluster is not None
+                and any(p.kind == "node-dead" for p in r.cluster.problems)
+            ),  # fmt: skip
+        )
+        assert dead.cluster is not None
+        observed("cluster readout, node 1 killed", dead.to_json()["cluster"])
+        assert dead.admin.url == cluster.admin_urls[1]
+        assert dead.admin.unanswered == [cluster.admin_urls[0]]
+        assert dead.cluster.source == cluster.node_urls[1]
+        assert [p.subject for p in dead.cluster.problems if p.kind == "node-dead"] == [
+            f"node {plain}"
+        ]
+        # only what the dead node affects: each problem is about it, or a partition or log
+        # whose replica, leader or sequencer it was
+        for problem in dead.cluster.problems:
+            assert problem.kind in {"node-dead", "replica-lost", "partition-leaderless",
+                                    "log-sequencer-dead"}, problem  # fmt: skip
+            if problem.kind in {"replica-lost", "log-sequencer-dead"}:
+                assert plain in problem.detail, problem
+        assert "not ok: cluster" in verdict(dead)
+
+        # the write goes through node 2's admin API
+        assert await run_flow("recover-stuck-workflow", service_name=WORKFLOW, service_key=key) == {
+            "acknowledged": True
+        }
+        assert run_ids(cluster, key) == []
+    finally:
+        cluster.restart(victim.index)
+    back = await doctor_until(
+        "ok again after the restart",
+        lambda r: spec_parts_ok(r) and r.cluster is not None and r.cluster.status == "ok",
+        timeout=90,
+    )
+    assert back.admin.url == cluster.admin_urls[0] and back.admin.unanswered == []
+
+
+async def test_a_drain_and_freezes_left_on_are_shown_and_go_when_undone(
+    cluster_env: RestateCluster,
+) -> None:
+    cluster = cluster_env
+    await doctor_until("cluster ok", lambda r: r.cluster is not None and r.cluster.status == "ok")
+    cluster.restatectl("partitions", "leadership", "freeze", "0", "--reason", "maintenance-L")
+    cluster.restatectl("partitions", "placement", "freeze", "1", "--reason", "maintenance-P")
+    cluster.restatectl("nodes", "set-worker-state", "--nodes", "N3", "--worker-state", "draining")
+    try:
+        shown = await doctor_until(
+            "freezes and the drain shown",
+            lambda r: r.cluster is not None and {"leadership-frozen", "placement-frozen",
+                                                 "node-draining"} <= {p.kind for p in r.cluster.problems},  # noqa: E501
+        )  # fmt: skip
+        assert shown.cluster is not None
+        details = [p.detail for p in shown.cluster.problems]
+        observed("cluster problems with freezes and a drain", details)
+        assert "partition 0: leadership is frozen (maintenance-L)" in details
+        assert "partition 1: placement is frozen (maintenance-P)" in details
+        assert any(d.startswith("node N3") and "draining" in d for d in details), details
+        assert spec_parts_ok(shown)  # a drain and freezes affect the cluster part only
+    finally:
+        cluster.restatectl("nodes", "set-worker-state", "--nodes", "N3", "--worker-state", "active")
+        cluster.restatectl("partitions", "placement", "unfreeze", "1")
+        cluster.restatectl("partitions", "leadership", "unfreeze", "0")
+    await doctor_until(
+        "ok once undone", lambda r: r.cluster is not None and r.cluster.status == "ok", timeout=90
+    )
+
+
+@pytest.fixture
+def first_admin_proxied(cluster_env: RestateCluster, settings_env: pytest.MonkeyPatch
+                        ) -> Iterator[FaultProxy]:  # fmt: skip
+    """Node 1's admin API behind a fault proxy (the first admin URL), to kill node 1 mid-write."""
+    cluster = cluster_env
+    with running(FaultProxy(upstream=cluster.admin_urls[0])) as proxy:
+        settings_env.setenv("RESTATE_ADMIN_URL", ",".join([proxy.url, *cluster.admin_urls[1:]]))
+        get_settings.cache_clear()
+        yield proxy
+
+
+async def test_a_node_killed_mid_recovery_answers_unreachable_and_the_rerun_converges(
+    prefect_server: PrefectServer, cluster_env: RestateCluster, first_admin_proxied: FaultProxy
+) -> None:
+    """Node 1 (the admin API in use) dies as the purge is sent, after the state was cleared:
+    the runbook answers RESTATE_ADMIN_UNREACHABLE (nothing reported done), the rerun goes
+    through node 2 and finishes; the key's next run starts blank."""
+    cluster = cluster_env
+    key = f"mr_{uuid.uuid4().hex[:8]}"
+    failed = submit_workflow(cluster.ingress_urls[1], key, "fail")
+    wait_for_status(cluster.admin_urls[1], failed, "completed", timeout=60)
+    first_admin_proxied.rules[("PATCH", "/invocations/")] = Fault(
+        hook=lambda: cluster.kill(0), times=1
+    )
+    try:
+        with pytest.raises(AdminUnreachableError):
+            await run_flow("recover-stuck-workflow", service_name=WORKFLOW, service_key=key)
+        assert not cluster.nodes[0].running
+        # as an operator would: the doctor first, until the survivors serve every partition
+        # (until then their /query can answer 500 "connect throttled", which a rerun reports
+        # as RESTATE_WORKFLOW_RETRY_BLOCKED, query-failed: nothing done)
+        await doctor_until("the survivors serve every partition", spec_parts_ok)
+        assert await run_flow("recover-stuck-workflow", service_name=WORKFLOW, service_key=key) == {
+            "acknowledged": True
+        }
+        assert run_ids(cluster, key) == []
+        rerun = httpx.post(
+            f"{cluster.ingress_urls[1]}/{WORKFLOW}/{key}/run", json={"mode": "succeed"}, timeout=60
+        )
+        assert rerun.json() == {"mode": "succeed", "markerFoundAtStart": None}
+    finally:
+        cluster.restart(0)
+
+
+async def test_a_node_killed_mid_cleanup_answers_unreachable_and_the_rerun_converges(
+    prefect_server: PrefectServer,
+    cluster_env: RestateCluster,
+    first_admin_proxied: FaultProxy,
+    sample_service: SampleService,
+    tmp_path: Path,
+) -> None:
+    cluster = cluster_env
+    other = SampleService(tmp_path / "other").start()
+    try:
+        stale = cluster.register(other.url, node_index=1)
+        kept = cluster.register(sample_service.url + "/", node_index=1)  # the newest: kept
+    finally:
+        other.stop()
+    first_admin_proxied.rules[("DELETE", "/deployments/")] = Fault(
+        hook=lambda: cluster.kill(0), times=1
+    )
+    keep = sample_service.url + "/"
+    try:
+        with pytest.raises(AdminUnreachableError):
+            await run_flow("cleanup-stale-deployments", service_url=keep, force_drain=True)
+        await doctor_until("the survivors serve every partition", spec_parts_ok)
+        assert await run_flow("cleanup-stale-deployments", service_url=keep, force_drain=True) == {
+            "acknowledged": True
+        }
+        listed = httpx.get(f"{cluster.admin_urls[1]}/deployments", timeout=10).json()
+        assert [d["id"] for d in listed["deployments"]] == [kept]
+        assert stale not in str(listed)
+    finally:
+        cluster.restart(0)

@@ -9,7 +9,9 @@ from restate_recovery.doctor.probes import Endpoints, run_doctor
 from restate_recovery.models import DoctorReadout
 
 ENDPOINTS = Endpoints(
-    admin_url="http://admin.test:9070", ingress_url="http://ingress.test:8080", probe_timeout=1.0
+    admin_urls=("http://admin.test:9070",),
+    ingress_url="http://ingress.test:8080",
+    probe_timeout=1.0,
 )
 
 HEALTHY: dict[str, httpx.Response] = {
@@ -44,7 +46,7 @@ async def readout_with(overrides: dict[str, httpx.Response]) -> DoctorReadout:
 
 
 def statuses(readout: DoctorReadout) -> dict[str, str]:
-    return {name: part.status for name, part in readout}
+    return {name: part.status for name, part in readout.components()}
 
 
 async def test_mocked_healthy_engine_is_all_ok() -> None:

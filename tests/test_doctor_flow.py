@@ -60,7 +60,7 @@ async def test_doctor_flow_returns_the_readout_and_records_the_run(
     readout = await run_flow("doctor")
 
     assert isinstance(readout, DoctorReadout)
-    assert {name: part.status for name, part in readout} == dict.fromkeys(
+    assert {name: part.status for name, part in readout.components()} == dict.fromkeys(
         ("ingress", "admin", "deployments", "services", "invocations"), "ok"
     )
     assert any(f.service_key == key for f in readout.invocations.recent_failures)

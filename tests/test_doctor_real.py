@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
+from restate_recovery.doctor.render import verdict
 from restate_recovery.errors import AdminUnreachableError
 from restate_recovery.settings import Settings
 from tests.conftest import RestateStack
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.restate
 
 
 def endpoints(admin: str, ingress: str | None, timeout: float = 3.0) -> Endpoints:
-    return Endpoints(admin_url=admin, ingress_url=ingress, probe_timeout=timeout)
+    return Endpoints(admin_urls=(admin,), ingress_url=ingress, probe_timeout=timeout)
 
 
 async def test_all_five_ok_against_the_real_server(restate: RestateStack) -> None:
@@ -31,7 +33,7 @@ async def test_all_five_ok_against_the_real_server(restate: RestateStack) -> Non
 
     readout = await run_doctor(endpoints(restate.admin_url, restate.ingress_url))
 
-    assert {name: part.status for name, part in readout} == dict.fromkeys(
+    assert {name: part.status for name, part in readout.components()} == dict.fromkeys(
         ("ingress", "admin", "deployments", "services", "invocations"), "ok"
     )
     assert readout.admin.version == "1.7.12"
@@ -92,7 +94,7 @@ async def test_ingress_down_marks_only_ingress(restate: RestateStack) -> None:
 
     assert readout.ingress.status == "unreachable"
     assert readout.ingress.latency_ms is None
-    assert [p.status for _, p in readout][1:] == ["ok"] * 4
+    assert [p.status for _, p in readout.components()][1:] == ["ok"] * 4
 
 
 async def test_admin_that_never_answers_is_bounded_by_the_probe_timeout(
@@ -174,7 +176,7 @@ async def test_invocation_queries_go_out_before_the_small_probes(restate: Restat
         ingress_transport=transport,
     )
 
-    assert {part.status for _, part in readout} == {"ok"}
+    assert {part.status for _, part in readout.components()} == {"ok"}
     small = ["/restate/health", "/health", "/deployments", "/services"]
     assert log[:4] == ["/query", "/query", "sent /query", "sent /query"], log
     assert set(small) <= set(log[4:])
@@ -191,7 +193,7 @@ async def test_small_probes_do_not_wait_for_queries_that_cannot_be_sent(
     )
 
     assert readout.invocations.status == "unreachable"
-    assert [p.status for _, p in readout][:4] == ["ok"] * 4
+    assert [p.status for _, p in readout.components()][:4] == ["ok"] * 4
     # the small probes ran while the queries were still held, not after their timeout
     assert log.index("query cancelled") > max(log.index(p) for p in ("/health", "/services"))
 
@@ -208,7 +210,7 @@ async def test_kept_clients_reconnect_after_restate_restarts(
         # a just-restarted server may refuse queries for a moment (degraded): wait until a
         # doctor on new connections is all ok, then ask again on the kept ones
         deadline = time.monotonic() + 30
-        while {p.status for _, p in await run_doctor(target)} != {"ok"}:
+        while {p.status for _, p in (await run_doctor(target)).components()} != {"ok"}:
             assert time.monotonic() < deadline, "restate-server did not come back"
             await asyncio.sleep(0.2)
         after = await run_doctor(target, clients=clients)
@@ -216,7 +218,7 @@ async def test_kept_clients_reconnect_after_restate_restarts(
         await clients.aclose()
 
     for readout in (before, after):
-        assert {name: part.status for name, part in readout} == dict.fromkeys(
+        assert {name: part.status for name, part in readout.components()} == dict.fromkeys(
             ("ingress", "admin", "deployments", "services", "invocations"), "ok"
         )
 
@@ -240,7 +242,7 @@ async def test_kept_clients_reuse_connections_idle_longer_than_httpx_default(
             again = await run_doctor(target, clients=clients)
         finally:
             await clients.aclose()
-    assert {p.status for _, p in again} == {"ok"}
+    assert {p.status for _, p in again.components()} == {"ok"}
     second = {port for path, port in proxy.peers if path in SMALL_ADMIN_PROBES}
     assert second and second <= first
 
@@ -264,6 +266,35 @@ async def test_connections_a_proxy_closed_while_idle_are_replaced_not_reported(
         finally:
             await clients.aclose()
     for readout in readouts:
-        assert {p.status for _, p in readout} == {"ok"}
+        assert {p.status for _, p in readout.components()} == {"ok"}
     assert all(ports)  # the small admin probes did go through the proxy
     assert not ports[0] & ports[1] and not ports[1] & ports[2]  # new connections each time
+
+
+async def test_a_single_node_given_its_node_url_reports_itself_as_one_node_and_ok(
+    restate: RestateStack,
+) -> None:
+    """RESTATE_NODE_URLS on a one-node server: the cluster part says single node, ok (not
+    degraded: replication 1 is its whole nodeset); a node URL that does not answer is
+    unreachable, and the spec's five components are not touched by either."""
+    node_url = f"http://127.0.0.1:{restate.server.node_port}"
+    one = endpoints(restate.admin_url, restate.ingress_url)
+    readout = await run_doctor(replace(one, node_urls=(node_url,)))
+    assert readout.cluster is not None
+    assert (readout.cluster.status, readout.cluster.kind) == ("ok", "single-node")
+    assert readout.cluster.problems == [] and readout.cluster.error is None
+    assert [n.state for n in readout.cluster.nodes] == ["alive"]
+    assert readout.cluster.source == node_url
+    assert readout.cluster.partitions == readout.cluster.logs and readout.cluster.logs >= 1
+    assert verdict(readout) == "all ok"
+
+    gone = await run_doctor(replace(one, node_urls=(closed_port_url(),)))
+    assert gone.cluster is not None and gone.cluster.status == "unreachable"
+    assert "none of the 1 node URLs answered" in (gone.cluster.error or "")
+    assert {n: p.status for n, p in gone.components() if n != "cluster"} == dict.fromkeys(
+        ("ingress", "admin", "deployments", "services", "invocations"), "ok"
+    )
+
+    no_ctl = await run_doctor(replace(one, node_urls=(node_url,), restatectl_bin="/nonexistent"))
+    assert no_ctl.cluster is not None and no_ctl.cluster.status == "degraded"
+    assert "restatectl could not be started" in (no_ctl.cluster.error or "")

@@ -78,7 +78,7 @@ async def test_the_doctor_marks_only_the_faulty_component(
 ) -> None:
     proxy.rules[rule] = fault
     readout = await run_flow("doctor")
-    statuses = {name: part.status for name, part in readout}
+    statuses = {name: part.status for name, part in readout.components()}
     assert statuses == {name: (status if name == component else "ok") for name in statuses}
 
 

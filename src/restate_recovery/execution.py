@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from restate_recovery.audit import Attempt, AuditedAttempt, audited
-from restate_recovery.doctor.probes import Endpoints, ProbeClients, resolve_endpoints, run_doctor
+from restate_recovery.doctor.probes import (
+    Endpoints,
+    ProbeClients,
+    choose_admin,
+    resolve_endpoints,
+    run_doctor,
+)
 from restate_recovery.errors import OperatorError, PrefectUnavailableError
 from restate_recovery.janitor import attempt_tags
 from restate_recovery.models import DoctorAnswer, DoctorReadout
@@ -330,7 +336,7 @@ class DoctorAnswers:
         row.begin()
         try:
             try:
-                endpoints = resolve_endpoints(get_settings())
+                endpoints = await choose_admin(resolve_endpoints(get_settings()))
                 clients = await self._clients_for(endpoints)
                 readout: DoctorReadout | None = await run_doctor(endpoints, clients=clients)
                 error: OperatorError | None = None

@@ -203,11 +203,11 @@ async def explain(
 
 async def explain_with_settings(request: ExplainRequest) -> Explanation:
     """``explain`` against the configured admin API (``RESTATE_ADMIN_URL``)."""
-    from restate_recovery.doctor.probes import resolve_endpoints
+    from restate_recovery.doctor.probes import choose_admin, resolve_endpoints
     from restate_recovery.settings import get_settings
 
     settings = get_settings()
-    endpoints = resolve_endpoints(settings)
+    endpoints = await choose_admin(resolve_endpoints(settings))
     timeout = settings.recovery_probe_timeout_seconds
     async with RestateAdminClient.connect(endpoints.admin_url, timeout=timeout) as client:
         return await explain(client, request, timeout=timeout)

@@ -47,10 +47,18 @@ class IngressReadout(ApiModel):
     latency_ms: float | None = None
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class AdminReadout(ApiModel):
     status: ComponentStatus
     latency_ms: float | None = None
     version: str | None = None
+    # Beside the spec's fields, only when RESTATE_ADMIN_URL lists several admin APIs: the one
+    # used (the first that answered) and those before it that did not answer (shown forms).
+    url: str | None = Field(default=None, exclude_if=_absent)
+    unanswered: list[str] | None = Field(default=None, exclude_if=_absent)
 
 
 class DeploymentItem(ApiModel):
@@ -99,12 +107,54 @@ class InvocationsReadout(ApiModel):
     error: str | None = None
 
 
+class ClusterNode(ApiModel):
+    """One node, as Restate's ``nodes`` table has it (``restatectl sql``)."""
+
+    id: str  # the plain node id, N1
+    name: str | None = None
+    state: str  # alive, dead, failing-over
+    roles: list[str] = Field(default_factory=list)
+    worker_state: str | None = None  # active, draining, disabled, provisioning
+    storage_state: str | None = None  # the log server's: read-write, read-only, disabled...
+    metadata_server_state: str | None = None  # member, standby, provisioning
+
+
+class ClusterProblem(ApiModel):
+    """Something wrong in the cluster: what it is, where, and one line for a person."""
+
+    kind: str  # node-dead, node-draining, storage-degraded, partition-leaderless,
+    # partition-broken, partition-lagging, replica-lost, log-under-replicated, log-sequencer-dead,
+    # leadership-frozen, placement-frozen
+    subject: str  # node N1, partition 3, log 2
+    detail: str
+
+
+class ClusterReadout(ApiModel):
+    """Beside the spec's five components, only when RESTATE_NODE_URLS is set: the cluster's
+    health as Restate's own cluster tables show it (read with ``restatectl`` through the first
+    node that answers)."""
+
+    status: ComponentStatus
+    kind: Literal["single-node", "cluster"] | None = None
+    source: str | None = None  # the node URL read from (shown form)
+    nodes: list[ClusterNode] = Field(default_factory=list)
+    partitions: int | None = None
+    logs: int | None = None
+    problems: list[ClusterProblem] = Field(default_factory=list)
+    error: str | None = None
+
+
 class DoctorReadout(ApiModel):
     ingress: IngressReadout
     admin: AdminReadout
     deployments: DeploymentsReadout
     services: ServicesReadout
     invocations: InvocationsReadout
+    cluster: ClusterReadout | None = Field(default=None, exclude_if=_absent)
+
+    def components(self) -> list[tuple[str, Any]]:
+        """(name, readout) of each component read: the spec's five, and the cluster if read."""
+        return [(name, part) for name, part in self if part is not None]
 
 
 class AlertContext(BaseModel):

@@ -59,7 +59,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
 
@@ -218,6 +218,14 @@ def redact_text(text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
     text = _SCHEME_CREDENTIALS.sub(_scheme_credentials, text)
     return _API_KEYS.sub(REDACTED, text)
+
+
+def shown_url(url: str) -> str:
+    """A configured URL as it may be shown and stored: scheme, host, port and path; no user,
+    password, query or fragment, and the rest redacted."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return redact_text(urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/"))
 
 
 def redact(value: Any) -> Any:

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     restate_ingress_url: str | None = Field(
         default=None, description="Restate ingress, e.g. http://restate:8080"
     )
+    restate_node_urls: str | None = Field(
+        default=None,
+        description="Restate nodes' node addresses (port 5122 by default), comma-separated: "
+        "the doctor reads the cluster's health through the first that answers",
+    )
+    restatectl_bin: str | None = Field(
+        default=None, description="Restate's restatectl (default: on the PATH)"
+    )
     restate_service_url: str | None = Field(
         default=None, description="The live durable workflow service URL (optional)"
     )

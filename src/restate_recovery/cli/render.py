@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from restate_recovery.doctor.summary import NODE_COLUMNS, admin_detail, cluster_detail, node_row
+
 COLOUR = {"ok": "green", "degraded": "yellow", "unreachable": "red"}
 
 
@@ -33,9 +35,7 @@ def render_readout(readout: dict[str, Any], console: Console | None = None) -> N
     deployments, services = readout["deployments"], readout["services"]
     invocations = readout["invocations"]
     table.add_row("ingress", _status(ingress), _latency(ingress), "")
-    table.add_row(
-        "admin", _status(admin), _latency(admin), escape(f"version {admin.get('version')}")
-    )
+    table.add_row("admin", _status(admin), _latency(admin), escape(admin_detail(admin)))
     table.add_row(
         "deployments",
         _status(deployments),
@@ -64,7 +64,17 @@ def render_readout(readout: dict[str, Any], console: Console | None = None) -> N
             or "none"
         ),
     )
+    cluster = readout.get("cluster")
+    if cluster is not None:
+        table.add_row("cluster", _status(cluster), "", escape(cluster_detail(cluster)))
     console.print(table)
+    if cluster is not None and cluster.get("nodes"):
+        nodes = Table(title="Cluster nodes")
+        for column in NODE_COLUMNS:
+            nodes.add_column(column)
+        for node in cluster["nodes"]:
+            nodes.add_row(*(escape(v) for v in node_row(node)))
+        console.print(nodes)
     failures = invocations.get("recentFailures") or []
     if failures:
         listing = Table(title="Recent failures (newest first)")

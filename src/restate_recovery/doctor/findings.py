@@ -16,6 +16,9 @@ or more keys of one service failed terminally (in place of their one-key finding
 recover-stuck-workflows |
 | ``restate.doctor.invocation.paused`` (``restate.invocation.<id>``) | an invocation is paused (its \
 retries used up) | resume-paused-invocations (on ``latest``) |
+| ``restate.doctor.cluster.<kind>`` (``restate.cluster.<node|partition|log>.<id>``) | a problem \
+of the cluster readout (RESTATE_NODE_URLS): ``node-dead``, ``partition-leaderless``, \
+``leadership-frozen``... (``ClusterProblem``) | none |
 
 A finding that maps to a runbook (an *actionable* one) names it in its resource (label
 ``restate.runbook``) and carries, in its payload: ``runbook``, ``request`` (the route's body, ready
@@ -43,6 +46,7 @@ UNREGISTERED = "restate.doctor.service-url.unregistered"
 MULTIPLE_DEPLOYMENTS = "restate.doctor.deployments.multiple"
 PAUSED = "restate.doctor.invocation.paused"
 MANY_TERMINAL_FAILED = "restate.doctor.workflows.terminal-failed"
+CLUSTER_PREFIX = "restate.doctor.cluster."  # + a ClusterProblem's kind
 BULK_KEYS = 10  # this many failed keys of one service make one batch, not one plan per key
 
 RUNBOOK_LABEL = "restate.runbook"
@@ -109,7 +113,7 @@ def _registered_form(url: str) -> str:
 
 def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Finding]:
     findings: list[Finding] = []
-    for name, part in readout:
+    for name, part in readout.components():
         if part.status != "ok":
             findings.append(
                 Finding(
@@ -123,6 +127,19 @@ def doctor_findings(readout: DoctorReadout, service_url: str | None) -> list[Fin
                         "status": part.status,
                         "error": redact_text(getattr(part, "error", None) or ""),
                     },
+                )
+            )
+    if readout.cluster is not None:
+        for problem in readout.cluster.problems:
+            subject = problem.subject.replace(" ", ".")
+            findings.append(
+                Finding(
+                    event=f"{CLUSTER_PREFIX}{problem.kind}",
+                    resource={
+                        "prefect.resource.id": f"restate.cluster.{subject}",
+                        "restate.cluster.problem": problem.kind,
+                    },
+                    payload={"error": problem.detail, "status": readout.cluster.status},
                 )
             )
     seen: set[tuple[str, str]] = set()

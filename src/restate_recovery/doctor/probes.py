@@ -12,15 +12,18 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from restate_recovery.client import RestateAdminClient, ingress_health, tls_context
+from restate_recovery.doctor import cluster
 from restate_recovery.errors import AdminUnreachableError, RestateRejected, RestateUnreachable
 from restate_recovery.models import (
     AdminReadout,
+    ClusterReadout,
     ComponentStatus,
     DeploymentItem,
     DeploymentsReadout,
@@ -32,6 +35,7 @@ from restate_recovery.models import (
     ServicesReadout,
     iso_utc,
 )
+from restate_recovery.redaction import shown_url
 from restate_recovery.schemas import absolute_http_url
 from restate_recovery.settings import Settings
 from restate_recovery.sql import invocation_id_literal
@@ -64,11 +68,23 @@ def paused_errors_sql(invocation_ids: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the doctor looks. URLs may carry credentials: never log them."""
+    """Where the doctor looks. URLs may carry credentials: never log them.
 
-    admin_url: str
+    ``admin_urls`` are the configured admin APIs in order (the nodes of a cluster, say); the
+    first is the one in use (``admin_url``) and ``choose_admin`` puts the first that answers
+    there."""
+
+    admin_urls: tuple[str, ...]
     ingress_url: str | None
     probe_timeout: float
+    unanswered: tuple[str, ...] = ()  # admin URLs before the one in use that did not answer
+    node_urls: tuple[str, ...] = ()  # RESTATE_NODE_URLS: the cluster readout reads through them
+    node_urls_error: str | None = None  # why RESTATE_NODE_URLS could not be used
+    restatectl_bin: str | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin_urls[0]
 
 
 def _valid_base_url(value: str | None) -> str | None:
@@ -82,17 +98,66 @@ def _valid_base_url(value: str | None) -> str | None:
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
-    """The URLs to probe. Raises ``AdminUnreachableError`` when the admin URL is unset or invalid."""
+    """The URLs to probe. ``RESTATE_ADMIN_URL`` may list several admin APIs, comma-separated.
+    Raises ``AdminUnreachableError`` when it is unset or one of them is invalid."""
     if settings.restate_admin_url is None or not settings.restate_admin_url.strip():
         raise AdminUnreachableError("RESTATE_ADMIN_URL is not set")
-    admin_url = _valid_base_url(settings.restate_admin_url)
-    if admin_url is None:
-        raise AdminUnreachableError("RESTATE_ADMIN_URL is not a valid absolute http(s) URL")
+    admin_urls = []
+    listed = [u for u in settings.restate_admin_url.split(",") if u.strip()]
+    for position, value in enumerate(listed, start=1):
+        admin_url = _valid_base_url(value)
+        if admin_url is None:
+            which = f" (URL {position} of {len(listed)})" if len(listed) > 1 else ""
+            raise AdminUnreachableError(
+                f"RESTATE_ADMIN_URL is not a valid absolute http(s) URL{which}"
+            )
+        admin_urls.append(admin_url)
+    node_urls: list[str] = []
+    node_urls_error = None
+    listed = [u for u in (settings.restate_node_urls or "").split(",") if u.strip()]
+    for position, value in enumerate(listed, start=1):
+        node_url = _valid_base_url(value)
+        if node_url is None:
+            node_urls_error = f"RESTATE_NODE_URLS: URL {position} of {len(listed)} is not valid"
+            break
+        node_urls.append(node_url)
     return Endpoints(
-        admin_url=admin_url,
+        admin_urls=tuple(admin_urls),
         ingress_url=_valid_base_url(settings.restate_ingress_url),
         probe_timeout=settings.recovery_probe_timeout_seconds,
+        node_urls=tuple(node_urls),
+        node_urls_error=node_urls_error,
+        restatectl_bin=settings.restatectl_bin,
     )
+
+
+# How long each admin URL but the last gets to answer ``GET /health`` before the next is tried.
+CHOOSE_TIMEOUT_SECONDS = 1.0
+
+
+async def choose_admin(
+    endpoints: Endpoints, transport: httpx.AsyncBaseTransport | None = None
+) -> Endpoints:
+    """The endpoints with the first admin URL whose ``GET /health`` answers 2xx in use. With one
+    URL, or when none answers, they are returned as they are (the probes then report it)."""
+    if len(endpoints.admin_urls) < 2:
+        return endpoints
+    timeout = min(CHOOSE_TIMEOUT_SECONDS, endpoints.probe_timeout)
+    for index, url in enumerate(endpoints.admin_urls):
+        client = RestateAdminClient.connect(url, timeout=timeout, transport=transport)
+        try:
+            async with client:
+                await _bounded(timeout, partial(client.health, timeout=timeout))
+        except (TimeoutError, RestateUnreachable, RestateRejected):
+            continue  # no answer, or an error status (a load balancer's 502: its node is down)
+        if index == 0:
+            return endpoints
+        ordered = (url, *endpoints.admin_urls[:index], *endpoints.admin_urls[index + 1 :])
+        skipped = tuple(shown_url(u) for u in endpoints.admin_urls[:index])
+        logger.warning("admin: using URL %d of %d (%s did not answer)", index + 1,
+                       len(endpoints.admin_urls), ", ".join(skipped))  # fmt: skip
+        return replace(endpoints, admin_urls=ordered, unanswered=skipped)
+    return endpoints
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -287,6 +352,30 @@ async def probe_invocations(
         return InvocationsReadout(status=status, error=reason)
 
 
+def wants_cluster(endpoints: Endpoints) -> bool:
+    """Whether RESTATE_NODE_URLS is set (without it the readout has the spec's five only)."""
+    return bool(endpoints.node_urls) or endpoints.node_urls_error is not None
+
+
+async def _none() -> None:
+    return None
+
+
+async def probe_cluster(endpoints: Endpoints) -> ClusterReadout | None:
+    """The cluster readout when RESTATE_NODE_URLS is set; else none."""
+    if endpoints.node_urls_error is not None:
+        return ClusterReadout(status="degraded", error=endpoints.node_urls_error)
+    if not endpoints.node_urls:
+        return None
+    readout = await cluster.probe_cluster(
+        endpoints.node_urls, endpoints.probe_timeout, endpoints.restatectl_bin
+    )
+    if readout.status != "ok":
+        logger.warning("cluster %s: %s", readout.status,
+                       readout.error or "; ".join(p.detail for p in readout.problems))  # fmt: skip
+    return readout
+
+
 # --- the whole readout --------------------------------------------------------------------------
 
 
@@ -370,6 +459,7 @@ class ProbeSet:
     )
     services: Callable[[RestateAdminClient, float], Awaitable[ServicesReadout]] = probe_services
     invocations: InvocationsProbe = probe_invocations
+    cluster: Callable[[Endpoints], Awaitable[ClusterReadout | None]] = probe_cluster
 
 
 # How long the small probes wait for the invocation queries to be on the wire before they start
@@ -392,9 +482,11 @@ async def run_doctor(
     """
     own = clients is None
     if clients is None:
+        endpoints = await choose_admin(endpoints, admin_transport)
         clients = ProbeClients(
             endpoints, admin_transport=admin_transport, ingress_transport=ingress_transport
         )
+    endpoints = clients.endpoints
     admin, ingress, timeout = clients.admin, clients.ingress, endpoints.probe_timeout
     on_wire = asyncio.Event()
     invocations = asyncio.ensure_future(probes.invocations(admin, timeout, on_wire.set))
@@ -406,18 +498,24 @@ async def run_doctor(
             return_when=asyncio.FIRST_COMPLETED,
         )
         head_start.cancel()
-        ingress_r, admin_r, deployments_r, services_r = await asyncio.gather(
+        ingress_r, admin_r, deployments_r, services_r, cluster_r = await asyncio.gather(
             probes.ingress(ingress, timeout),
             probes.admin(admin, timeout),
             probes.deployments(admin, timeout),
             probes.services(admin, timeout),
+            probes.cluster(endpoints) if wants_cluster(endpoints) else _none(),
         )
         invocations_r = await invocations
     finally:
         invocations.cancel()  # a no-op once it is done
         if own:
             await clients.aclose()
+    if len(endpoints.admin_urls) > 1:  # say which was used
+        admin_r = admin_r.model_copy(
+            update={"url": shown_url(endpoints.admin_url), "unanswered": list(endpoints.unanswered)}
+        )
     return DoctorReadout(
+        cluster=cluster_r,
         ingress=ingress_r,
         admin=admin_r,
         deployments=deployments_r,

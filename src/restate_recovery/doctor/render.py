@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from restate_recovery.doctor.summary import NODE_COLUMNS, admin_detail, cluster_detail, node_row
 from restate_recovery.models import AlertContext, DoctorReadout
 from restate_recovery.redaction import redact_text
 
@@ -20,7 +21,7 @@ ARTIFACT_DESCRIPTION = "Restate doctor readout"
 
 
 def unhealthy_components(readout: DoctorReadout) -> list[str]:
-    return [name for name, part in readout if getattr(part, "status", "ok") != "ok"]
+    return [name for name, part in readout.components() if part.status != "ok"]
 
 
 def verdict(readout: DoctorReadout, findings: Sequence[Finding] = ()) -> str:
@@ -86,7 +87,7 @@ def readout_markdown(
         "|---|---|---|---|",
         f"| ingress | {readout.ingress.status} | {cell(readout.ingress.latency_ms)} | |",
         f"| admin | {readout.admin.status} | {cell(readout.admin.latency_ms)} "
-        f"| version {cell(readout.admin.version)} |",
+        f"| {cell(admin_detail(readout.admin.to_json()))} |",
         f"| deployments | {readout.deployments.status} | | "
         f"{len(readout.deployments.items)} registered {cell(readout.deployments.error)} |",
         f"| services | {readout.services.status} | | "
@@ -95,6 +96,19 @@ def readout_markdown(
         + cell(", ".join(f"{k}: {v}" for k, v in readout.invocations.by_status.items()))
         + f" {cell(readout.invocations.error)} |",
     ]
+    if readout.cluster is not None:
+        cluster = readout.cluster.to_json()
+        head, *problems = cluster_detail(cluster).split("\n")
+        lines.append(f"| cluster | {readout.cluster.status} | | {cell(head)} |")
+        if readout.cluster.nodes:
+            lines += ["", "## Cluster", ""]
+            lines += [f"- {p}" for p in problems] + ([""] if problems else [])
+            lines += ["| " + " | ".join(NODE_COLUMNS) + " |", "|---" * len(NODE_COLUMNS) + "|"]
+            lines += [
+                "| " + " | ".join(cell(v) for v in node_row(n)) + " |" for n in cluster["nodes"]
+            ]
+        elif problems:
+            lines += ["", *(f"- cluster: {p}" for p in problems)]
     if readout.deployments.items:
         lines += ["", "## Deployments", "", "| id | service URL | created |", "|---|---|---|"]
         lines += [
