@@ -9,11 +9,17 @@ the doctor; then tools/screenshots/shoot.mjs drives Chromium through the UI (V2,
 the recover deployment's Custom run form, filled in and submitted to write with approval; the
 paused run, its plan record, and the page the plan announcement's link opens; the Resume form
 submitted without a decision (it must be refused, the run still paused), then with "approve"
-chosen (the approval); the finished record; the doctor's readout. The PNGs land in docs/images/;
+chosen (the approval); the finished record; the doctor's readout. Then the two newer deployments'
+Custom run forms, each as it opens and filled in for a dry run (recover-many over three keys an
+"outage" failed, resume over two paused FlakyWorkflow runs), submitted: the run the UI created must
+have exactly the form's parameters and complete, its record must plan exactly those keys (runs),
+and Restate must show them untouched; then the record. The PNGs land in docs/images/;
 everything stops at the end (the logs stay in .data/ if something failed). docs/ui.md shows them."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ import httpx
 from rich.console import Console
 
 from restate_recovery.settings import DATA_DIR
+from restate_recovery.sql import invocation_id_literal, name_literal
 from tests.support.local_stack import (
     PROJECT_DIR,
     WORKFLOW,
@@ -47,6 +55,8 @@ from tests.support.local_stack import (
 BIN = Path(sys.executable).parent
 SHOOT = PROJECT_DIR / "tools" / "screenshots" / "shoot.mjs"
 IMAGES = PROJECT_DIR / "docs" / "images"
+FLAKY = "FlakyWorkflow"  # the sample service's workflow whose runs pause (sample_service.py)
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 say = Console(highlight=False).print
 
 
@@ -85,6 +95,7 @@ def stack(work: Path) -> Iterator[Stack]:
             {
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
                 "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",  # why a request was answered 503
                 "PREFECT_API_URL": f"{ui_url}/api",
                 "PREFECT_SERVER_UI_ENABLED": "true",
                 "PREFECT_UI_API_URL": f"{ui_url}/api",
@@ -138,6 +149,11 @@ def stack(work: Path) -> Iterator[Stack]:
 
 def shoot(command: str, url: str, png: str, *args: str) -> Path:
     """One shoot.mjs command (a fresh headless Chromium each time); what it prints is shown."""
+    return shot(command, url, png, *args)[0]
+
+
+def shot(command: str, url: str, png: str, *args: str) -> tuple[Path, list[str]]:
+    """``shoot``, with the lines the command printed."""
     out = IMAGES / png
     result = subprocess.run(
         ["node", str(SHOOT), command, url, str(out), *args],
@@ -145,12 +161,13 @@ def shoot(command: str, url: str, png: str, *args: str) -> Path:
         stdout=subprocess.PIPE,
         text=True,
         check=True,
-        timeout=180,
+        timeout=420,
     )
     say(f"  {out.relative_to(PROJECT_DIR)}")
-    for line in result.stdout.splitlines():
+    lines = result.stdout.splitlines()
+    for line in lines:
         say(f"    {line}", markup=False)
-    return out
+    return out, lines
 
 
 class Api:
@@ -160,7 +177,12 @@ class Api:
         self.http = httpx.Client(base_url=f"{ui_url}/api", timeout=30)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self.http.request(method, path, json=body)
+        for attempt in range(1, 6):  # 503 is Prefect's "retry" (SQLite busy): its client retries
+            response = self.http.request(method, path, json=body)
+            if response.status_code != 503 or attempt == 5:
+                break
+            say(f"  (Prefect answered {method} {path} with 503: retrying)")
+            time.sleep(2 * attempt)
         response.raise_for_status()
         return response.json()
 
@@ -172,8 +194,16 @@ class Api:
         return result
 
     def newest_artifact(self, run_id: str) -> str:
+        return str(self.artifact(run_id)["id"])
+
+    def artifact(self, run_id: str) -> dict[str, Any]:
+        """The run's newest artifact (its incident record or readout): id, description, data."""
         body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC"}
-        return str(self.call("POST", "/artifacts/filter", {**body, "limit": 1})[0]["id"])
+        found = self.call("POST", "/artifacts/filter", {**body, "limit": 1})
+        if not found:
+            raise RuntimeError(f"flow run {run_id} left no artifact")
+        result: dict[str, Any] = found[0]
+        return result
 
     def run_named(self, deployment_id: str, contains: str) -> dict[str, Any] | None:
         runs = self.call(
@@ -211,6 +241,84 @@ def state_of(api: Api, run_id: str, *types: str) -> dict[str, Any] | None:
     return run if run["state"] and run["state"]["type"] in types else None
 
 
+def finished(api: Api, run_id: str, timeout: float = 180) -> dict[str, Any]:
+    run: dict[str, Any] = until(
+        f"flow run {run_id} to end", lambda: state_of(api, run_id, *FINAL), timeout
+    )
+    say(f"  run {run['name']} ended {run['state']['name']}: {run['state']['message']}")
+    return run
+
+
+def restate_rows(admin_url: str, sql: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{admin_url}/query",
+        json={"query": sql},
+        headers={"accept": "application/json"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    rows: list[dict[str, Any]] = response.json()["rows"]
+    return rows
+
+
+Step = tuple[str, str, str | None]  # a planned step as the record lists it: action, target, detail
+PLAN_LINE = re.compile(r"^\d+\. \*\*([a-z-]+)\*\* `([^`]+)`(?:: (.*))?$")
+
+
+def dry_run_plan(api: Api, run_id: str, title: str) -> list[Step]:
+    """The plan in the run's incident record, which must be a dry run's (nothing changed)."""
+    artifact = api.artifact(run_id)
+    data = str(artifact["data"])
+    if artifact["description"] != title:
+        raise RuntimeError(f"the record is titled {artifact['description']!r}, not {title!r}")
+    if "- outcome: **dry run: nothing changed**" not in data:
+        raise RuntimeError(f"the record's outcome is not the dry run's:\n{data[:1500]}")
+    _, found, section = data.partition("## Plan (dry run: nothing was changed)\n\n")
+    if not found:
+        raise RuntimeError(f"the record has no dry-run plan:\n{data[:1500]}")
+    steps: list[Step] = []
+    for line in section.splitlines():
+        if not line.strip():
+            break
+        if not (match := PLAN_LINE.match(line)):
+            raise RuntimeError(f"not a plan step in the record: {line!r}")
+        action, target, detail = match.groups()
+        steps.append((action, target, detail))
+    return steps
+
+
+def dry_run_in_form(
+    api: Api, ui: str, deployment: str, png: str, request: dict[str, Any], who: list[str]
+) -> tuple[list[Path], dict[str, Any]]:
+    """The deployment's Custom run form, shot as it opens and filled in for a dry run (request as
+    JSON), submitted; the run the UI created must have exactly these parameters and complete."""
+    deployment_id = api.deployment_id(deployment)
+    filled = IMAGES / png.replace("-form.png", "-form-filled.png")
+    form = f"{ui}/deployments/deployment/{deployment_id}"
+    out, lines = shot("dry-run", form, png, str(filled), json.dumps(request), *who)
+    ids = [line.removeprefix("flow-run: ") for line in lines if line.startswith("flow-run: ")]
+    if len(ids) != 1:
+        raise RuntimeError(f"shoot.mjs named {len(ids)} created flow runs, not 1: {lines}")
+    run = api.run(ids[0])
+    if run["deployment_id"] != deployment_id:
+        raise RuntimeError(f"flow run {ids[0]} is not of {deployment} ({deployment_id})")
+    sent = {
+        "request": request,
+        "operator": who[0],
+        "reason": who[1],
+        "dry_run": True,
+        "require_approval": False,
+        "alert": None,
+    }
+    if run["parameters"] != sent:
+        raise RuntimeError(f"the run's parameters are {run['parameters']}, the form had {sent}")
+    say(f"  flow run {run['id']}: its parameters are the form's: {json.dumps(run['parameters'])}")
+    run = finished(api, run["id"], timeout=300)
+    if run["state"]["type"] != "COMPLETED":
+        raise RuntimeError(f"the dry run ended {run['state']['name']}: {run['state']['message']}")
+    return [out, filled], run
+
+
 def tour(stack: Stack) -> list[Path]:
     ui, api = f"{stack.ui_url}/v2", Api(stack.ui_url)
 
@@ -218,10 +326,7 @@ def tour(stack: Stack) -> list[Path]:
         return f"{ui}/artifacts/artifact/{api.newest_artifact(run_id)}"
 
     def ended(run_id: str) -> dict[str, Any]:
-        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-        run: dict[str, Any] = until("the run to end", lambda: state_of(api, run_id, *final))
-        say(f"  run {run['name']} ended {run['state']['name']}: {run['state']['message']}")
-        return run
+        return finished(api, run_id)
 
     key = f"invitation_{uuid.uuid4().hex[:8]}"
     say(f"{WORKFLOW}/{key} fails terminally; the doctor runs")
@@ -257,6 +362,96 @@ def tour(stack: Stack) -> list[Path]:
     pngs.append(shoot("resume", run_page, "resume-form.png", *approval))
     ended(run["id"])
     pngs.append(shoot("page", record(run["id"]), "finished-record.png", "Steps done"))
+    pngs += recover_many(stack, api, ui, record)
+    pngs += resume_paused(stack, api, ui, record)
+    return pngs
+
+
+def recover_many(stack: Stack, api: Api, ui: str, record: Callable[[str], str]) -> list[Path]:
+    """The batch runbook's Custom run form: a dry run over the keys an outage failed."""
+    admin = stack.restate.admin_url
+    since = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed: dict[str, str] = {}  # key -> its failed run
+    for n in range(1, 4):
+        key = f"outage_{uuid.uuid4().hex[:6]}_{n}"
+        failed[key] = submit_workflow(stack.restate.ingress_url, key, "fail")
+        wait_for_status(admin, failed[key], "completed", timeout=60)
+    say(f"{WORKFLOW}: {len(failed)} keys fail terminally: {', '.join(failed)}")
+
+    say("the recover-many deployment's Custom run form, submitted as a dry run")
+    request = {
+        "serviceName": WORKFLOW,
+        "errorContains": "upstream provider",
+        "failedSince": since,
+        "limit": 10,
+    }
+    who = ["erin", "INC-1240: provider outage; plan the keys it failed"]
+    pngs, run = dry_run_in_form(
+        api, ui, "recover-stuck-workflows/recover-many", "recover-many-form.png", request, who
+    )
+    if run["name"] != f"recover-stuck-workflows/{WORKFLOW}/* (dry run)":
+        raise RuntimeError(f"the run is named {run['name']!r}")
+    title = f"Dry run (nothing changed): recover-stuck-workflows {WORKFLOW}/*"
+    plan = dry_run_plan(api, run["id"], title)
+    wanted = {("recover", f"{WORKFLOW}/{key}", invocation) for key, invocation in failed.items()}
+    if len(plan) != len(wanted) or set(plan) != wanted:
+        raise RuntimeError(f"the plan is {plan}, not a recover step for each key: {wanted}")
+    for key, invocation in failed.items():  # a dry run: each key's failed run and state stay
+        run_rows = restate_rows(
+            admin,
+            "SELECT status, completion_result FROM sys_invocation "
+            f"WHERE id = {invocation_id_literal(invocation)}",
+        )
+        state_rows = restate_rows(
+            admin,
+            f"SELECT count(*) AS n FROM state WHERE service_name = {name_literal(WORKFLOW)} "
+            f"AND service_key = {name_literal(key)}",
+        )
+        if run_rows != [{"status": "completed", "completion_result": "failure"}]:
+            raise RuntimeError(f"the dry run changed {key}'s failed run: {run_rows}")
+        if not state_rows or not state_rows[0]["n"]:
+            raise RuntimeError(f"the dry run cleared {key}'s state")
+    say(f"  its record plans recover for the {len(plan)} keys; in Restate they are untouched")
+    pngs.append(
+        shoot("page", record(run["id"]), "recover-many-dry-run.png", "Plan (dry run: nothing")
+    )
+    return pngs
+
+
+def resume_paused(stack: Stack, api: Api, ui: str, record: Callable[[str], str]) -> list[Path]:
+    """The resume runbook's Custom run form: a dry run over a service's paused invocations."""
+    admin = stack.restate.admin_url
+    paused: list[str] = []
+    for n in range(1, 3):
+        key = f"flaky_{uuid.uuid4().hex[:6]}_{n}"
+        paused.append(submit_workflow(stack.restate.ingress_url, key, "x", workflow=FLAKY))
+        wait_for_status(admin, paused[-1], "paused", timeout=120)
+    say(f"{FLAKY}: {len(paused)} runs used up their retries and paused: {', '.join(paused)}")
+
+    say("the resume deployment's Custom run form, submitted as a dry run")
+    request = {"serviceName": FLAKY, "deployment": "latest", "limit": 10}
+    who = ["erin", "INC-1241: the flaky dependency is fixed; plan resuming its runs"]
+    pngs, run = dry_run_in_form(
+        api, ui, "resume-paused-invocations/resume", "resume-paused-form.png", request, who
+    )
+    if run["name"] != f"resume-paused-invocations/{FLAKY}/* (dry run)":
+        raise RuntimeError(f"the run is named {run['name']!r}")
+    title = f"Dry run (nothing changed): resume-paused-invocations {FLAKY}/*"
+    plan = dry_run_plan(api, run["id"], title)
+    wanted = {("resume", invocation, f"{FLAKY} on latest") for invocation in paused}
+    if len(plan) != len(wanted) or set(plan) != wanted:
+        raise RuntimeError(f"the plan is {plan}, not a resume step for each paused run: {wanted}")
+    for invocation in paused:  # a dry run: they stay paused
+        rows = restate_rows(
+            admin,
+            f"SELECT status FROM sys_invocation WHERE id = {invocation_id_literal(invocation)}",
+        )
+        if rows != [{"status": "paused"}]:
+            raise RuntimeError(f"the dry run changed {invocation}: {rows}")
+    say(f"  its record plans resume for the {len(plan)} runs; in Restate they are still paused")
+    pngs.append(
+        shoot("page", record(run["id"]), "resume-paused-dry-run.png", "Plan (dry run: nothing")
+    )
     return pngs
 
 
