@@ -46,7 +46,8 @@ async def recover_stuck_workflows(
             most how many keys, how many a second and how many at once.
         operator: Who runs this (your user id); it signs the audit rows of a run started here.
         reason: Why (an incident or ticket): the audit rows and the incident record keep it.
-        dry_run: Only plan (every key, and what would be done with it). On by default.
+        dry_run: Only plan (every key, and what would be done with it). On by default: turn
+            it off to write.
         require_approval: Plan first, then pause until someone approves in the Prefect UI
             (set by the automations).
         alert: The alert behind this run (set by the automations; leave empty).

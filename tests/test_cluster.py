@@ -26,6 +26,7 @@ from restate_recovery.settings import get_settings
 from restate_recovery.sql import invocation_id_literal, name_literal
 from tests.support.cluster import ClusterNode, RestateCluster, wait_for
 from tests.support.fault_proxy import Fault, FaultProxy, running
+from tests.support.helpers import completed_at, sleep_of
 from tests.support.local_stack import (
     PrefectServer,
     SampleService,
@@ -569,3 +570,37 @@ async def test_a_node_killed_mid_cleanup_answers_unreachable_and_the_rerun_conve
         assert stale not in str(listed)
     finally:
         cluster.restart(0)
+
+
+async def test_a_killed_runs_timer_never_wakes_the_keys_next_run_on_the_cluster(
+    prefect_server: PrefectServer, cluster_env: RestateCluster
+) -> None:
+    """restatedev/restate#5425 on the cluster, as on one node (tests/test_recover.py): the
+    recovery waits for the killed run's timer before it purges; the next run, through another
+    node, sleeps its full time."""
+    cluster = cluster_env
+    admin, ingress = cluster.admin_urls[1], cluster.ingress_urls[1]
+    key = f"ct_{uuid.uuid4().hex[:8]}"
+    killed = submit_workflow(ingress, key, "sleep", seconds=8)
+    wait_for(
+        "the run sleeps",
+        lambda: [r.get("key") for r in state_of(cluster.nodes[1], key)] == ["attempt-marker"],
+        timeout=30,
+    )
+    httpx.patch(f"{admin}/invocations/{killed}/kill", timeout=10).raise_for_status()
+    wait_for_status(admin, killed, "completed", timeout=30)
+    due = sleep_of(admin, killed)
+
+    assert await run_flow("recover-stuck-workflow", service_name=WORKFLOW, service_key=key) == {
+        "acknowledged": True
+    }
+    purged_at = time.time()
+    rerun = httpx.post(
+        f"{cluster.ingress_urls[2]}/{WORKFLOW}/{key}/run",
+        json={"mode": "sleep", "seconds": 6},
+        timeout=60,
+    )
+    assert rerun.status_code == 200, rerun.text
+    (again,) = run_ids(cluster, key)
+    assert completed_at(admin, again) >= sleep_of(admin, again)  # woken by its own timer
+    assert purged_at > due

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from restate_recovery.schemas import RecoverStuckWorkflowRequest, RecoverStuckWo
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
 from tests.support.fault_proxy import Fault, FaultProxy, running
+from tests.support.helpers import completed_at, query, sleep_of
 from tests.support.local_stack import (
     PrefectServer,
     RestateServer,
@@ -48,18 +47,6 @@ from tests.support.runbooks import run_flow
 pytestmark = [pytest.mark.restate, pytest.mark.prefect]
 
 WORKFLOW = "IdentityRecoveryWorkflow"
-
-
-def query(admin_url: str, sql: str) -> list[dict[str, Any]]:
-    response = httpx.post(
-        f"{admin_url}/query",
-        json={"query": sql},
-        headers={"accept": "application/json"},
-        timeout=10.0,
-    )
-    response.raise_for_status()
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
 
 
 def invocations_of(admin_url: str, key: str, service: str = WORKFLOW) -> list[dict[str, Any]]:
@@ -501,23 +488,6 @@ async def test_a_write_made_is_answered_done_when_the_verify_doctor_fails(
     (record,) = await artifacts_of_runs_named(f"recover-stuck-workflow/{WORKFLOW}/{key}")
     assert "not verified: the verify-doctor failed" in record
     assert "acknowledged" in record
-
-
-def sleep_of(admin_url: str, invocation_id: str) -> float:
-    """When the run's sleep was due (Restate's own record, epoch seconds)."""
-    (row,) = query(
-        admin_url,
-        f"SELECT entry_json FROM sys_journal WHERE id = '{invocation_id}' "
-        "AND entry_type = 'Command: Sleep'",
-    )
-    return float(json.loads(row["entry_json"])["Command"]["Sleep"]["wake_up_time"]) / 1000
-
-
-def completed_at(admin_url: str, invocation_id: str) -> float:
-    (row,) = query(
-        admin_url, f"SELECT completed_at FROM sys_invocation WHERE id = '{invocation_id}'"
-    )
-    return datetime.fromisoformat(row["completed_at"].replace("Z", "+00:00")).timestamp()
 
 
 async def test_a_killed_runs_timer_never_wakes_the_keys_next_run(

@@ -429,3 +429,16 @@ def test_the_doctor_artifact_says_what_an_operator_needs() -> None:
         assert row in markdown, row
     assert "pw" not in markdown
     assert ServiceItem(name="x").revision is None  # an unknown revision is omitted, not 0
+
+
+def test_a_resume_request_says_which_selection_is_missing_or_doubled() -> None:
+    from pydantic import ValidationError
+
+    from restate_recovery.schemas import ResumePausedInvocationsRequest
+
+    with pytest.raises(ValidationError, match=r"give invocationId \(one invocation\) or serviceName"):
+        ResumePausedInvocationsRequest.model_validate({"deployment": "keep"})
+    with pytest.raises(ValidationError, match="give invocationId or serviceName, not both"):
+        ResumePausedInvocationsRequest.model_validate(
+            {"invocationId": "inv_1" + "a" * 26, "serviceName": "FlakyWorkflow"}
+        )

@@ -201,8 +201,10 @@ class ResumePausedInvocationsRequest(RequestModel):
 
     @model_validator(mode="after")
     def _one_selection(self) -> ResumePausedInvocationsRequest:
-        if (self.invocation_id is None) == (self.service_name is None):
-            raise ValueError("give either invocationId or serviceName (not both)")
+        if self.invocation_id is None and self.service_name is None:
+            raise ValueError("give invocationId (one invocation) or serviceName (its paused ones)")
+        if self.invocation_id is not None and self.service_name is not None:
+            raise ValueError("give invocationId or serviceName, not both")
         if self.service_key is not None and self.service_name is None:
             raise ValueError("serviceKey needs serviceName")
         return self

@@ -333,6 +333,16 @@ class RestateCluster:
         if response.status_code not in (200, 201):
             raise StackError(f"registering {service_url}: {response.status_code} {response.text}")
         deployment_id: str = response.json()["id"]
+        services = {s["name"] for s in response.json().get("services", [])}
+
+        def every_node_knows_them() -> bool:  # each node serves from its own copy of the schema
+            for node in self.live_nodes():
+                listed = httpx.get(f"{node.admin_url}/services", timeout=5.0).json()["services"]
+                if not services <= {s["name"] for s in listed}:
+                    return False
+            return True
+
+        wait_for("every node knows the registered services", every_node_knows_them, timeout=30)
         return deployment_id
 
     # --- restatectl --------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Small real-network helpers: a closed port, a port that never answers, a run's artifacts."""
+"""Small real-network helpers: a closed port, a port that never answers, a run's artifacts, and
+reads of Restate's admin /query (a run's sleep, its completion)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -74,3 +77,32 @@ class Receiver:
     def __exit__(self, *_: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def query(admin_url: str, sql: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{admin_url}/query",
+        json={"query": sql},
+        headers={"accept": "application/json"},
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    rows: list[dict[str, Any]] = response.json()["rows"]
+    return rows
+
+
+def sleep_of(admin_url: str, invocation_id: str) -> float:
+    """When the run's sleep was due (Restate's own record, epoch seconds)."""
+    (row,) = query(
+        admin_url,
+        f"SELECT entry_json FROM sys_journal WHERE id = '{invocation_id}' "
+        "AND entry_type = 'Command: Sleep'",
+    )
+    return float(json.loads(row["entry_json"])["Command"]["Sleep"]["wake_up_time"]) / 1000
+
+
+def completed_at(admin_url: str, invocation_id: str) -> float:
+    (row,) = query(
+        admin_url, f"SELECT completed_at FROM sys_invocation WHERE id = '{invocation_id}'"
+    )
+    return datetime.fromisoformat(row["completed_at"].replace("Z", "+00:00")).timestamp()
