@@ -186,9 +186,12 @@ async def run(args: argparse.Namespace, admin: str, ingress: str) -> None:
             say(f"  recovered {result.recovered}, skipped {result.skipped}, "
                 f"failed {result.failed}")  # fmt: skip
 
-        turns = [floor_turn, ours_turn] if round_ % 2 == 0 else [ours_turn, floor_turn]
-        for turn in turns:
-            await turn()
+        if round_ % 2 == 0:
+            await floor_turn()
+            await ours_turn()
+        else:
+            await ours_turn()
+            await floor_turn()
         say(f"  round {round_ + 1}: ratio {ourss[-1] / floors[-1]:.2f}x")
     floor, ours = statistics.median(floors), statistics.median(ourss)
     say(f"medians: floor {floor:.2f} s, runbook {ours:.2f} s; ratio {ours / floor:.2f}x")
