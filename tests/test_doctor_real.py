@@ -285,7 +285,8 @@ async def test_a_single_node_given_its_node_url_reports_itself_as_one_node_and_o
     assert readout.cluster.problems == [] and readout.cluster.error is None
     assert [n.state for n in readout.cluster.nodes] == ["alive"]
     assert readout.cluster.source == node_url
-    assert readout.cluster.partitions == readout.cluster.logs and readout.cluster.logs >= 1
+    assert readout.cluster.logs is not None and readout.cluster.logs >= 1
+    assert readout.cluster.partitions == readout.cluster.logs
     assert verdict(readout) == "all ok"
 
     gone = await run_doctor(replace(one, node_urls=(closed_port_url(),)))

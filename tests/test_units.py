@@ -436,7 +436,9 @@ def test_a_resume_request_says_which_selection_is_missing_or_doubled() -> None:
 
     from restate_recovery.schemas import ResumePausedInvocationsRequest
 
-    with pytest.raises(ValidationError, match=r"give invocationId \(one invocation\) or serviceName"):
+    with pytest.raises(
+        ValidationError, match=r"give invocationId \(one invocation\) or serviceName"
+    ):
         ResumePausedInvocationsRequest.model_validate({"deployment": "keep"})
     with pytest.raises(ValidationError, match="give invocationId or serviceName, not both"):
         ResumePausedInvocationsRequest.model_validate(
