@@ -60,6 +60,12 @@ async def record_answer(answer: DoctorAnswer) -> State:
     get_run_logger().info(
         "answered by the %s to %s (request %s)", answer.source, answer.actor, answer.request_id
     )
+    if answer.also_answered:
+        get_run_logger().info(
+            "the same readout answered %d more, asked while it was read: %s",
+            len(answer.also_answered),
+            ", ".join(answer.also_answered),
+        )
     readout = answer.unwrap()  # an answered error ends this run Failed with its code
     with untagged_tasks():
         return await report_readout(readout)

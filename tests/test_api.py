@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import SESSION_DIR, RestateStack
 from tests.support.helpers import artifacts_of, closed_port_url
 from tests.support.local_stack import (
+    PROJECT_DIR,
     OperatorApi,
     PrefectServer,
     SampleService,
@@ -532,3 +534,62 @@ def test_the_api_audits_into_postgresql(
         assert uuid.UUID(row["flowRunId"])
     finally:
         server.stop()
+
+
+def test_metrics_are_scraped_and_the_example_alerts_reach_the_alert_route(
+    api: OperatorApi, operator_key: str
+) -> None:
+    """GET /metrics in Prometheus' format: the attempts by route and outcome, their durations,
+    the last readout's components; no key, actor or URL in it. The example rule file's alerts
+    use only metrics that are there, and their Alertmanager webhook is taken by /alerts."""
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert post(api, "doctor", {}, operator_key).status_code == 200
+    assert post(api, "recover-stuck-workflow", {"serviceName": "Bad Name", "serviceKey": "k"},
+                operator_key).status_code == 400  # fmt: skip
+
+    def scrape() -> dict[str, list[Any]]:
+        response = httpx.get(f"{api.url}/metrics", timeout=10)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert operator_key not in response.text and "user_ops_1" not in response.text
+        assert "127.0.0.1" not in response.text
+        return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
+
+    def value(samples: list[Any], name: str, **labels: str) -> float:
+        return float(
+            sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+        )
+
+    deadline = time.monotonic() + 30
+    families = scrape()
+    while value(families.get("restate_recovery_attempts", []), "restate_recovery_attempts_total",
+                route="doctor", outcome="success") < 1:  # fmt: skip
+        assert time.monotonic() < deadline, families.get("restate_recovery_attempts")
+        time.sleep(0.3)  # a doctor row is finished once its answer is recorded
+        families = scrape()
+    attempts = families["restate_recovery_attempts"]
+    assert value(attempts, "restate_recovery_attempts_total",
+                 route="recover-stuck-workflow", outcome="failure") >= 1  # fmt: skip
+    durations = families["restate_recovery_attempt_duration_seconds"]
+    assert value(durations, "restate_recovery_attempt_duration_seconds_count", route="doctor") >= 1
+    status = families["restate_recovery_doctor_component_status"]
+    for component in ("ingress", "admin", "deployments", "services", "invocations"):
+        assert value(status, "restate_recovery_doctor_component_status",
+                     component=component, status="ok") == 1  # fmt: skip
+    assert families["restate_recovery_doctor_last_readout_timestamp_seconds"][0].value > 0
+
+    rules = yaml.safe_load((PROJECT_DIR / "deployments/prometheus-alerts.yml").read_text())
+    names = set(families) | {s.name for samples in families.values() for s in samples}
+    alerts = []
+    for rule in rules["groups"][0]["rules"]:
+        used = set(re.findall(r"restate_recovery_[a-z_]+", rule["expr"]))
+        assert used and used <= names, (rule["alert"], used - names)
+        alerts.append({"status": "firing", "labels": {"alertname": rule["alert"], **rule["labels"]},
+                       "annotations": rule["annotations"], "startsAt": "2026-12-01T10:00:00Z",
+                       "fingerprint": f"fp-{rule['alert']}"})  # fmt: skip
+    webhook = {"version": "4", "status": "firing", "receiver": "restate-recovery", "alerts": alerts}
+    accepted = post(api, "alerts", webhook, operator_key)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json() == {"acknowledged": True, "events": len(alerts)}

@@ -254,3 +254,38 @@ def test_the_cli_table_shows_the_cluster_row_its_problems_and_its_nodes() -> Non
     assert "cluster of 3 nodes (3 alive), 4 partitions, 4 logs, read via" in text
     assert "node N3 (node-3): its worker is draining" in text
     assert "Cluster nodes" in text and "node-3" in text and "draining" in text
+
+
+def test_the_metrics_of_a_readout_with_a_dead_node() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from restate_recovery import metrics
+    from restate_recovery.models import DoctorReadout
+
+    tables = healthy()
+    tables["nodes"][0]["state"] = "dead"
+    cluster = assess(tables, UNFROZEN, source="x").to_json()
+    base = {"status": "ok"}
+    readout = DoctorReadout.model_validate(
+        {
+            "ingress": {"status": "unreachable"},
+            "admin": base,
+            "deployments": base,
+            "services": base,
+            "invocations": base,
+            "cluster": cluster,
+        }  # fmt: skip
+    )
+    metrics.readout_read(readout, None)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(metrics.exposition().decode())
+        for s in f.samples
+    }
+    status = "restate_recovery_doctor_component_status"
+    assert samples[(status, (("component", "cluster"), ("status", "degraded")))] == 1
+    assert samples[(status, (("component", "cluster"), ("status", "ok")))] == 0
+    assert samples[(status, (("component", "ingress"), ("status", "unreachable")))] == 1
+    findings = "restate_recovery_doctor_findings"
+    assert samples[(findings, (("kind", "cluster.node-dead"),))] == 1
+    assert samples[(findings, (("kind", "component.unhealthy"),))] == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -14,6 +16,8 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.sorting import FlowRunSort
 
@@ -100,3 +104,56 @@ def test_every_runbook_names_its_flow_and_deployment_as_prefect_sees_them() -> N
         assert flow.name == runbook.flow_name
         assert runbook.deployment_name == f"{flow.name}/{runbook.deployment}"
         assert runbook.entrypoint.startswith(f"flows/{flow.fn.__name__}.py:")
+
+
+async def test_doctor_calls_while_a_readout_is_read_share_it_one_record_a_row_each(
+    prefect_server: PrefectServer,
+    restate_env: RestateStack,
+    tmp_path: Path,
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """20 calls at once: one probe and one restate-doctor run (whose log names the other 19),
+    20 answers, 20 finished audit rows, each pointing at that run."""
+    import asyncio
+
+    from sqlmodel import Session
+
+    from restate_recovery import execution, store
+    from restate_recovery.audit import Attempt
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    settings_env.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    answers = execution.DoctorAnswers(source="test", max_pending=4)
+    ids = [f"shared-{n}-{uuid.uuid4().hex[:6]}" for n in range(20)]
+    try:
+        readouts = await asyncio.gather(
+            *(
+                answers.answer(Attempt(actor=f"u{n}", role="ops", route="doctor", request_id=i))
+                for n, i in enumerate(ids)
+            )  # fmt: skip
+        )
+        await answers.drain(timeout=60)
+    finally:
+        await answers.aclose()
+    assert answers.probes_read == 1
+    assert all(r == readouts[0] for r in readouts) and readouts[0].admin.status == "ok"
+    with Session(store.engine_for(url)) as session:
+        rows = [r for r in store.list_attempts(session=session, limit=100) if r.request_id in ids]
+    assert sorted(r.request_id or "" for r in rows) == sorted(ids)  # one row each
+    assert all(r.finished_at is not None and r.outcome == "success" for r in rows)
+    (run_id,) = {r.flow_run_id for r in rows}
+    assert run_id is not None
+    from prefect.logging.handlers import APILogWorker
+
+    drained = APILogWorker.drain_all(timeout=10)  # the run's log lines are sent in the background
+    if inspect.isawaitable(drained):  # an awaitable when called on an event loop
+        await drained
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)]))
+        )
+    lines = [log.message for log in logs]
+    assert any("the same readout answered 19 more" in line for line in lines), lines
+    assert any("u19 (" + ids[19] + ")" in line for line in lines), lines

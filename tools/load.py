@@ -83,6 +83,23 @@ async def run_load(
     return result
 
 
+IDLE_CALLS = 10
+IDLE_PAUSE_SECONDS = 1.0  # each idle call's record is made in the pause after it
+
+
+async def idle_doctor_ms(api_url: str, key: str) -> list[float]:
+    """The doctor one call at a time, each after a pause: the idle figure the load is held to."""
+    samples = []
+    async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+        for _ in range(IDLE_CALLS + 1):  # the first warms up
+            await asyncio.sleep(IDLE_PAUSE_SECONDS)
+            started = time.perf_counter()
+            response = await http.post(f"{PREFIX}/doctor", json={}, headers={"X-Api-Key": key})
+            response.raise_for_status()
+            samples.append((time.perf_counter() - started) * 1000)
+    return samples[1:]
+
+
 def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
     """Start the whole stack on loopback, load it, and count the audit rows."""
     import os
@@ -101,12 +118,18 @@ def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
         with full_stack(work, DATA_DIR / "prefect-template") as stack:
             api = stack.api
             key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
+            idle = asyncio.run(idle_doctor_ms(api.url, key))
             result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
             api.stop()  # it first records the doctor answers still pending (then rows are final)
             with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
                 rows = store.list_attempts(session=session, limit=1_000_000)
+            summary = result.summary()
+            idle_p50 = statistics.median(idle)
             return {
-                **result.summary(),
+                **summary,
+                "idle_doctor_p50_ms": round(idle_p50, 1),
+                "loaded_p50_over_idle_p50": round((summary["doctor_p50_ms"] or 0) / idle_p50, 2),
+                "attempts_with_idle": result.attempts + len(idle) + 1,
                 "concurrency": concurrency,
                 "seconds": seconds,
                 "audit_rows": len(rows),

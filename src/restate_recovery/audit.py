@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from restate_recovery import leases, store
+from restate_recovery import leases, metrics, store
 from restate_recovery.errors import (
     AuditUnavailableError,
     InvalidRequestError,
@@ -112,6 +112,7 @@ def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
                 flow_run_id=flow_run_id,
             )
     except SQLAlchemyError as exc:
+        metrics.AUDIT_FAILURES.labels(step="begin").inc()
         raise AuditUnavailableError(
             f"The audit database did not take the attempt's row ({type(exc).__name__}): nothing "
             "was done. Check RECOVERY_DATABASE_URL and the database, then retry."
@@ -131,6 +132,7 @@ def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: st
                 flow_run_id=flow_run_id,
             )
     except SQLAlchemyError as exc:  # what was done stands: the row is finished once it is back
+        metrics.AUDIT_FAILURES.labels(step="finish").inc()
         logger.error(
             "audit row %s not finished (%s): it will be, once the database is back",
             row_id,
@@ -178,6 +180,8 @@ class AuditedAttempt:
         row_id = await asyncio.shield(self.begin())
         body = error_body(error) if isinstance(error, BaseException) else error
         await asyncio.shield(asyncio.to_thread(_finish, self._url, row_id, body, self.flow_run_id))
+        seconds = (store.utcnow() - self.attempt.started_at).total_seconds()
+        metrics.attempt_finished(self.attempt.route, "failure" if body else "success", seconds)
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from restate_recovery import metrics
 from restate_recovery.audit import Attempt, AuditedAttempt, audited
 from restate_recovery.doctor.probes import (
     Endpoints,
@@ -301,14 +302,25 @@ def record_flow() -> Any:
 RECORDS_AT_ONCE = 4
 
 
-class DoctorAnswers:
-    """Answers doctor calls (the API's, the CLI's local mode) and records each answer as a
-    ``restate-doctor`` flow run right after, then finishes its audit row.
+@dataclass
+class _SharedProbe:
+    """One doctor readout being read, and the rows of every call it answers."""
 
-    ``source`` says where the answer was given (in the run's tags and log). At most
-    ``RECORDS_AT_ONCE`` records run at once and at most ``max_pending`` answers may wait to be
-    recorded; past that a new doctor call waits before it probes (nothing is dropped). ``drain``
-    waits for the records still pending. The probes' clients are kept open between calls.
+    probe: asyncio.Future[tuple[DoctorReadout | None, OperatorError | None]] | None = None
+    rows: list[AuditedAttempt] = field(default_factory=list)
+    holds_slot: bool = False  # it took one of ``max_pending`` (given back after its record)
+
+
+class DoctorAnswers:
+    """Answers doctor calls (the API's, the CLI's local mode) and records each readout as a
+    ``restate-doctor`` flow run right after, then finishes the audit rows it answered.
+
+    Calls that come while a readout is being read share it: one probe, one Prefect record (its
+    log names every caller), and still one audit row and one answer each. ``source`` says where
+    the answer was given (in the run's tags and log). At most ``RECORDS_AT_ONCE`` records run at
+    once and at most ``max_pending`` readouts may wait to be recorded; past that a new readout
+    waits before it probes (nothing is dropped). ``drain`` waits for the records still pending.
+    The probes' clients are kept open between calls.
     """
 
     def __init__(self, *, source: str, max_pending: int, executor: Executor | None = None):
@@ -318,6 +330,8 @@ class DoctorAnswers:
         self._pending = asyncio.Semaphore(max_pending)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._clients: ProbeClients | None = None
+        self._current: _SharedProbe | None = None
+        self.probes_read = 0  # how many readouts were read (fewer than calls under load)
 
     async def _clients_for(self, endpoints: Endpoints) -> ProbeClients:
         """Keep-alive clients for the probes, reused while the endpoints stay the same."""
@@ -328,25 +342,47 @@ class DoctorAnswers:
             self._clients = ProbeClients(endpoints)
         return self._clients
 
+    async def _read(
+        self, shared: _SharedProbe
+    ) -> tuple[DoctorReadout | None, OperatorError | None]:
+        await self._pending.acquire()  # released once this readout's record has ended
+        shared.holds_slot = True
+        self.probes_read += 1
+        try:
+            endpoints = await choose_admin(resolve_endpoints(get_settings()))
+            clients = await self._clients_for(endpoints)
+            readout = await run_doctor(endpoints, clients=clients)
+            metrics.readout_read(readout, get_settings().restate_service_url)
+            return readout, None
+        except OperatorError as exc:  # the admin URL is unset or invalid
+            return None, exc
+
+    def _shared(self) -> _SharedProbe:
+        """The readout being read now, or a new one (no await here: callers cannot race)."""
+        current = self._current
+        if current is None or current.probe is None or current.probe.done():
+            current = self._current = _SharedProbe()
+            current.probe = asyncio.ensure_future(self._read(current))
+            self._keep(self._record(current))
+        return current
+
     async def answer(self, attempt: Attempt) -> DoctorReadout:
-        """Probe and answer; the audit row is written while the probes run (they only read), and
-        nothing is answered unless it was written."""
-        await self._pending.acquire()
+        """Probe (or join the probe under way) and answer; the audit row is written while the
+        probes run (they only read), and nothing is answered unless it was written."""
         row = AuditedAttempt(attempt)
         row.begin()
+        shared = self._shared()
+        shared.rows.append(row)
+        assert shared.probe is not None
         try:
-            try:
-                endpoints = await choose_admin(resolve_endpoints(get_settings()))
-                clients = await self._clients_for(endpoints)
-                readout: DoctorReadout | None = await run_doctor(endpoints, clients=clients)
-                error: OperatorError | None = None
-            except OperatorError as exc:  # the admin URL is unset or invalid
-                readout, error = None, exc
+            readout, error = await asyncio.shield(shared.probe)
             await row.start()
         except BaseException as exc:  # crashed or cancelled: the row is finished all the same
+            shared.rows.remove(row)
+            if not shared.rows and not shared.probe.done():
+                shared.probe.cancel()  # nobody waits for this readout any more
             self._keep(self._finish(row, exc))
             raise
-        self._keep(self._record(row, readout, error))
         if error is not None:
             raise error
         assert readout is not None
@@ -366,36 +402,56 @@ class DoctorAnswers:
                 row.attempt.request_id,
                 type(exc).__name__,
             )
-        finally:
-            self._pending.release()
 
-    async def _record(
-        self, row: AuditedAttempt, readout: DoctorReadout | None, error: OperatorError | None
-    ) -> None:
-        attempt = row.attempt
-        name = attempt.request_id or f"({self._source})"
+    async def _record(self, shared: _SharedProbe) -> None:
+        """Once the readout is read: one record for every call it answered, then their rows."""
+        assert shared.probe is not None
         try:
+            readout, error = await asyncio.shield(shared.probe)
+        except BaseException as exc:  # the probe itself crashed: each row says so
+            for row in list(shared.rows):
+                await self._finish(row, exc)
+            if shared.holds_slot:
+                self._pending.release()
+            raise
+        rows = list(shared.rows)  # no call joins a readout once it is read
+        first = rows[0].attempt if rows else None
+        name = (first.request_id if first else None) or f"({self._source})"
+        try:
+            if first is None:  # every caller went away: nothing to record
+                return
             answer = DoctorAnswer(  # what Prefect stores: redacted (the answer was not)
                 readout=DoctorReadout.model_validate(redact(readout.to_json()))
                 if readout
                 else None,
                 error=error.body() if error else None,
                 source=self._source,
-                actor=attempt.actor,
-                request_id=attempt.request_id,
+                actor=first.actor,
+                request_id=first.request_id,
+                also_answered=[
+                    f"{r.attempt.actor} ({r.attempt.request_id or 'no request id'})"
+                    for r in rows[1:]
+                ],
             )
             async with self._recording:
                 state = await run_flow(
                     record_flow(), {"answer": answer}, self._executor, (f"via:{self._source}",)
                 )
-            row.flow_run_id = str(state.state_details.flow_run_id)
+            for row in rows:
+                row.flow_run_id = str(state.state_details.flow_run_id)
         except asyncio.CancelledError:
             logger.warning("doctor answer %s was not recorded in Prefect: stopped first", name)
             raise
         except Exception as exc:
+            metrics.RECORD_FAILURES.inc()
             logger.error("doctor answer %s was not recorded in Prefect: %s", name, cause(exc))
         finally:
-            await self._finish(row, error)
+            try:
+                for row in rows:
+                    await self._finish(row, error)
+            finally:
+                if shared.holds_slot:
+                    self._pending.release()
 
     async def aclose(self) -> None:
         """Close the probes' clients (after ``drain``)."""

@@ -189,6 +189,11 @@ class DoctorAnswer(BaseModel):
     source: str = Field(description="Where the answer was given (operator API, CLI).")
     actor: str = Field(description="Who asked.")
     request_id: str | None = None
+    also_answered: list[str] = Field(
+        default_factory=list,
+        description="The others the same readout answered (asked while its probes ran): "
+        "'actor (request id)' each.",
+    )
 
     def unwrap(self) -> DoctorReadout:
         """The readout, or raise the error it was answered with."""

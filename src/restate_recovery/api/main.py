@@ -7,9 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from restate_recovery import janitor, leases, store
+from restate_recovery import janitor, leases, metrics, store
 from restate_recovery.api import errors
 from restate_recovery.api.deps import Runner
 from restate_recovery.api.middleware import RequestContext
@@ -48,6 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await runner.close(drain_seconds=DRAIN_RECORDS_SECONDS)
 
 
+async def prometheus_metrics() -> Response:
+    """This process's metrics in Prometheus' format (``restate_recovery.metrics``); no key is
+    needed (nothing in them is secret: route, component, status and finding names and numbers)."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="restate-recovery operator API",
@@ -56,6 +64,13 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.add_api_route(
+        "/metrics",
+        prometheus_metrics,
+        methods=["GET"],
+        include_in_schema=False,
+        response_class=PlainTextResponse,
+    )
     errors.install(app)
     app.add_middleware(RequestContext)
     return app
