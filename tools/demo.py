@@ -3,6 +3,9 @@ workflow fail, run the doctor, recover the failed key, show that its next run st
 run the doctor again. Everything stops when the job ends.
 
     ./scripts/demo            (or .venv/bin/python -m tools.demo)
+    ./scripts/demo --up       the same Restate, then the whole control plane on it
+                              (restate-recovery up: Prefect with its UI, the deployments, the
+                              automations, the operator API) until Ctrl-C
 
 The runbooks run the way the CLI's local mode runs them (in this process, audited as the OS user,
 recorded in Prefect: the temporary server unless PREFECT_API_URL names one).
@@ -102,5 +105,44 @@ def run_demo(console: Console) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def run_control_plane(console: Console) -> int:
+    """``--up``: a local restate-server and the sample service (one key failed terminally, for
+    the doctor to find), then ``restate-recovery up`` pointed at them, until Ctrl-C."""
+    import signal
+    import subprocess
+
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="demo-up-", dir=DATA_DIR))
+    server = RestateServer(work / "restate").start()
+    service = SampleService(work).start()
+    try:
+        server.register(service.url)
+        key = f"invitation_{uuid.uuid4().hex[:12]}"
+        wait_for_status(server.admin_url, submit_workflow(server.ingress_url, key, "fail"),
+                        "completed")  # fmt: skip
+        console.print(f"restate-server: admin {server.admin_url}, ingress {server.ingress_url}; "
+                      f"{WORKFLOW}/{key} failed terminally")  # fmt: skip
+        env = {
+            **os.environ,
+            "RESTATE_ADMIN_URL": server.admin_url,
+            "RESTATE_INGRESS_URL": server.ingress_url,
+            "RESTATE_SERVICE_URL": service.url,
+        }
+        up = subprocess.Popen(
+            [str(Path(sys.executable).parent / "restate-recovery"), "up"], env=env
+        )
+        try:
+            return up.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached both: up stops its parts
+            up.send_signal(signal.SIGINT)
+            return up.wait(timeout=120)
+    finally:
+        service.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
+    if "--up" in sys.argv[1:]:
+        sys.exit(run_control_plane(Console()))
     sys.exit(run_demo(Console()))

@@ -166,20 +166,43 @@ def automations_apply() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 def api(host: str, port: int) -> None:
-    """Serve the operator HTTP API (FastAPI + uvicorn); needs PREFECT_API_URL."""
+    """Serve the operator HTTP API (FastAPI + uvicorn). Without a Prefect server named
+    (PREFECT_API_URL or Prefect's profile) it runs beside the embedded Prefect server of ``up``
+    (started if it is not running, stopped after)."""
     from restate_recovery import prefect_env
 
     if not prefect_env.configure(announce=False):
-        # Prefect's temporary server is for one-shot commands: a long-lived API running flows
-        # against it concurrently had doctor records hang for good (seen in CI).
-        click.echo("the operator API needs PREFECT_API_URL (a running Prefect server)", err=True)
-        raise SystemExit(2)
+        # Not Prefect's temporary server: a long-lived API running flows against it
+        # concurrently had doctor records hang for good (seen in CI). The API then runs as a
+        # process of its own, told the embedded server's URL before Prefect reads its settings.
+        from restate_recovery import up
+
+        raise SystemExit(up.run_api(up.home(), host=host, port=port))
     from restate_recovery.api.main import create_app
     from restate_recovery.api.server import serve
 
     serve(create_app(), host=host, port=port)
 
 
+@click.command("up")
+@click.option(
+    "--prefect-port",
+    type=int,
+    default=None,
+    help="[default: 4200, or RECOVERY_EMBEDDED_PREFECT_PORT]",
+)
+@click.option("--api-port", type=int, default=8000, show_default=True)
+@click.option("--no-ui", is_flag=True, help="Serve Prefect without its UI.")
+def up_command(prefect_port: int | None, api_port: int, no_ui: bool) -> None:
+    """Start the whole control plane on embedded defaults: a Prefect server (its home in the
+    data directory), the runbook deployments, the automations and the operator API; Ctrl-C
+    stops it all."""
+    from restate_recovery import up
+
+    port = prefect_port or up.PREFECT_PORT
+    raise SystemExit(up.run(up.home(), prefect_port=port, api_port=api_port, ui=not no_ui))
+
+
 def register(app: click.Group) -> None:
-    for command in (keys_app, audit_app, automations_app, api):
+    for command in (keys_app, audit_app, automations_app, api, up_command):
         app.add_command(command)
