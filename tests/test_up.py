@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -190,3 +191,69 @@ def httpx_answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_retention_vacuums_runs_older_than_it_with_their_artifacts_and_audit_rows_stay(
+    up_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """up's Prefect server with the shortest retention Prefect takes (just over an hour) and its
+    vacuum every second: a doctor run that ended two hours ago goes, with its artifact; the two
+    doctor runs the CLI recorded just now stay, and so do their audit rows."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session
+
+    from restate_recovery import store, up
+
+    monkeypatch.setenv("RECOVERY_PREFECT_RETENTION_DAYS", str(3601 / 86400))
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS", "1")
+    api_url, server = up.start_prefect(tmp_path / "cp", free_port(), ui=False)
+    assert server is not None
+    try:
+        env = {**up_env, "PREFECT_API_URL": api_url}
+        for _ in range(2):
+            done = subprocess.run([CLI, "doctor", "--json"], env=env, capture_output=True,
+                                  text=True, timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        recent = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=10).json()
+        assert len(recent) == 2 and all(r["state_type"] == "COMPLETED" for r in recent)
+
+        def post(path: str, body: dict[str, object]) -> dict[str, object]:
+            response = httpx.post(f"{api_url}{path}", json=body, timeout=10)
+            assert response.status_code < 300, (path, response.text)
+            answer: dict[str, object] = response.json()
+            return answer
+
+        old = post("/flow_runs/", {"flow_id": recent[0]["flow_id"], "name": "restate-doctor"})
+        for state in ("RUNNING", "COMPLETED"):
+            post(f"/flow_runs/{old['id']}/set_state", {"state": {"type": state}, "force": True})
+        post("/artifacts/", {"key": "restate-doctor", "type": "markdown", "data": "# old",
+                             "flow_run_id": old["id"]})  # fmt: skip
+        # two hours cannot be waited for here: the run's end is moved back in Prefect's own
+        # database (Prefect's API takes no state time from a client)
+        database = sqlite3.connect(tmp_path / "cp" / "prefect" / "prefect.db")
+        with database:
+            (end,) = database.execute(
+                "SELECT end_time FROM flow_run WHERE id = ?", (str(old["id"]),)
+            ).fetchone()
+            moved = datetime.fromisoformat(end) - timedelta(hours=2)
+            database.execute("UPDATE flow_run SET end_time = ? WHERE id = ?",
+                             (moved.isoformat(sep=" "), str(old["id"])))  # fmt: skip
+        database.close()
+        ended = httpx.get(f"{api_url}/flow_runs/{old['id']}", timeout=10).json()["end_time"]
+        assert datetime.fromisoformat(ended) < datetime.now(UTC) - timedelta(hours=1)
+
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{api_url}/flow_runs/{old['id']}", timeout=10).status_code != 404:
+            assert time.monotonic() < deadline, "the old run was not vacuumed"
+            time.sleep(1)
+        artifacts = httpx.post(f"{api_url}/artifacts/filter", json={}, timeout=10).json()
+        assert old["id"] not in {a["flow_run_id"] for a in artifacts}  # went with its run
+        assert {a["flow_run_id"] for a in artifacts} == {r["id"] for r in recent}
+        left = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=10).json()
+        assert {r["id"] for r in left} == {r["id"] for r in recent}
+    finally:
+        server.stop(grace=15)
+    with Session(store.engine_for(up_env["RECOVERY_DATABASE_URL"])) as session:
+        rows = store.list_attempts(session=session)
+    assert [(r.route, r.outcome) for r in rows] == [("doctor", "success")] * 2

@@ -51,7 +51,9 @@ def prefect_server_env(prefect_home: Path, port: int, *, ui: bool) -> dict[str, 
     URL is set, loopback, and the retention of the doctor's runs."""
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
-    days = float(env.get("RECOVERY_PREFECT_RETENTION_DAYS", "30"))
+    seconds = round(float(env.get("RECOVERY_PREFECT_RETENTION_DAYS", "30")) * 86400)
+    if seconds <= 3600:  # Prefect's own bound on its vacuum
+        raise UpError("RECOVERY_PREFECT_RETENTION_DAYS must be more than one hour (1/24)")
     env.update(
         {
             "PREFECT_HOME": str(prefect_home),
@@ -62,8 +64,8 @@ def prefect_server_env(prefect_home: Path, port: int, *, ui: bool) -> dict[str, 
             "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
             "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": '["events", "flow_runs", "orphans"]',
-            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": f"PT{int(days * 86400)}S",
-            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{int(days * 86400)}S",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": f"PT{seconds}S",
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{seconds}S",
         }
     )
     env.setdefault(
