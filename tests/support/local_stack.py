@@ -315,6 +315,9 @@ class PrefectServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     auth_string: str | None = None  # PREFECT_SERVER_API_AUTH_STRING: every client must send it
+    # Prefect's database as a URL (postgresql+asyncpg://...), migrated by Prefect at start; the
+    # default is a copy of the template SQLite database in ``home``.
+    database_url: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -326,9 +329,11 @@ class PrefectServer:
 
     def start(self, *, timeout_s: float = 120.0) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
-        if not self.database_path.exists():
+        if self.database_url is None and not self.database_path.exists():
             shutil.copyfile(prefect_template_database(self.template_cache), self.database_path)
         env = prefect_env(self.home, self.database_path)
+        if self.database_url is not None:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
         env.update(
             {
                 "PREFECT_SERVER_API_HOST": "127.0.0.1",
