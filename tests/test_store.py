@@ -165,3 +165,72 @@ async def test_a_doctor_call_cancelled_mid_probe_still_finishes_its_audit_row(
         "code": "INTERNAL_ERROR",
         "message": "unexpected CancelledError",
     }
+
+
+async def test_concurrent_audit_rows_are_written_in_few_transactions_each_its_own_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 attempts at once on one event loop: 50 rows, started and finished, in a handful of
+    commits (a batch per transaction while the previous one commits)."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from restate_recovery.audit import Attempt, AuditedAttempt
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    monkeypatch.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    engine = store.engine(url)
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _: commits.append(1))
+    rows = [AuditedAttempt(Attempt(actor=f"u{n}", role="ops", route="doctor", request_id=f"r{n}"))
+            for n in range(50)]  # fmt: skip
+    ids = await asyncio.gather(*(row.start() for row in rows))
+    inserted = len(commits)
+    await asyncio.gather(*(row.finish(None if n % 2 else {"code": "X", "message": "m"})
+                           for n, row in enumerate(rows)))  # fmt: skip
+    finished = len(commits) - inserted
+    get_settings.cache_clear()
+    assert len(set(ids)) == 50
+    assert inserted < 25 and finished < 25, (inserted, finished)
+    with Session(engine) as session:
+        written = {r.request_id: r for r in store.list_attempts(session=session, limit=100)}
+    assert sorted(str(k) for k in written) == sorted(f"r{n}" for n in range(50))
+    assert all(r.finished_at is not None for r in written.values())
+    assert [written[f"r{n}"].outcome for n in range(4)] == ["failure", "success"] * 2
+    assert written["r0"].error == {"code": "X", "message": "m"}
+
+
+async def test_a_batch_the_database_refuses_is_written_again_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    from restate_recovery.audit import Attempt, AuditedAttempt
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    monkeypatch.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    original = store.record_attempt
+
+    def batch_refused(**kwargs: object) -> int:
+        if kwargs.get("commit") is False:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return original(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "record_attempt", batch_refused)
+    rows = [AuditedAttempt(Attempt(actor="u", role="ops", route="doctor", request_id=f"b{n}"))
+            for n in range(10)]  # fmt: skip
+    ids = await asyncio.gather(*(row.start() for row in rows))
+    await asyncio.gather(*(row.finish() for row in rows))
+    get_settings.cache_clear()
+    assert len(set(ids)) == 10
+    with Session(store.engine(url)) as session:
+        written = store.list_attempts(session=session, limit=100)
+    assert sorted(r.request_id or "" for r in written) == sorted(f"b{n}" for n in range(10))
+    assert all(r.outcome == "success" for r in written)

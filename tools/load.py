@@ -100,7 +100,7 @@ async def idle_doctor_ms(api_url: str, key: str) -> list[float]:
     return samples[1:]
 
 
-def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
+def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[str, Any]:
     """Start the whole stack on loopback, load it, and count the audit rows."""
     import os
     import shutil
@@ -119,7 +119,11 @@ def local_run(concurrency: int, seconds: float) -> dict[str, Any]:
             api = stack.api
             key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
             idle = asyncio.run(idle_doctor_ms(api.url, key))
-            result = asyncio.run(run_load(api.url, key, concurrency=concurrency, seconds=seconds))
+            result = asyncio.run(
+                run_load(
+                    api.url, key, concurrency=concurrency, seconds=seconds, write_every=write_every
+                )
+            )
             api.stop()  # it first records the doctor answers still pending (then rows are final)
             with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
                 rows = store.list_attempts(session=session, limit=1_000_000)
@@ -148,9 +152,12 @@ def main() -> None:
     parser.add_argument("--key")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--writes-every", type=int, default=5, help="every Nth call a refused write (0: none)"
+    )
     args = parser.parse_args()
     if args.api is None:
-        summary = local_run(args.concurrency, args.seconds)
+        summary = local_run(args.concurrency, args.seconds, args.writes_every)
     else:
         if not args.api.startswith(("http://127.", "http://localhost", "http://[::1]")):
             raise SystemExit("load runs against loopback only")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -92,8 +93,8 @@ def arguments_of(
     return arguments
 
 
-def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
-    row = store.AuditCreate(
+def _row_of(attempt: Attempt) -> store.AuditCreate:
+    return store.AuditCreate(
         actor_user_id=attempt.actor,
         role_at_time=attempt.role,
         route=attempt.route,
@@ -101,6 +102,10 @@ def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
         reason=attempt.reason,
         request_id=attempt.request_id,
     )
+
+
+def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
+    row = _row_of(attempt)
     try:
         with Session(store.engine(url)) as session:
             row_id = store.record_attempt(
@@ -143,6 +148,131 @@ def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: st
     leases.KEEPER.drop_attempt(row_id)
 
 
+@dataclass
+class _Write:
+    insert: Attempt | None  # the row to insert, or
+    finish: tuple[int, dict[str, Any] | None] | None  # the row to finish, with its error
+    flow_run_id: str | None
+    done: asyncio.Future[int | None]
+
+
+class _GroupCommit:
+    """This event loop's audit writes to one database, a batch per transaction: writes that
+    come while a batch commits go together in the next one (one at a time when idle: nothing
+    waits). Under load that is one commit for many rows instead of one each (SQLite takes one
+    writer at a time). A batch the database refuses is written again one row at a time, each
+    with its own outcome (``_insert``, ``_finish``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queued: list[_Write] = []
+        self.writing = False
+
+    def submit(
+        self,
+        *,
+        insert: Attempt | None = None,
+        finish: tuple[int, dict[str, Any] | None] | None = None,
+        flow_run_id: str | None = None,
+    ) -> asyncio.Future[int | None]:
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.queued.append(_Write(insert, finish, flow_run_id, done))
+        if not self.writing:
+            self.writing = True
+            asyncio.ensure_future(self._drain())
+        return done
+
+    async def _drain(self) -> None:
+        try:
+            while self.queued:
+                batch, self.queued = self.queued, []
+                try:
+                    results = await asyncio.to_thread(_write_batch, self.url, batch)
+                except BaseException as exc:  # cancelled (shutdown): each waiter learns it
+                    for write in batch:
+                        if not write.done.done():
+                            write.done.set_exception(exc)
+                    raise
+                for write, result in zip(batch, results, strict=True):
+                    if write.done.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        write.done.set_exception(result)
+                    else:
+                        write.done.set_result(result)
+        finally:
+            self.writing = False
+
+
+_GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _GroupCommit]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _group(url: str) -> _GroupCommit:
+    groups = _GROUPS.setdefault(asyncio.get_running_loop(), {})
+    if url not in groups:
+        groups[url] = _GroupCommit(url)
+    return groups[url]
+
+
+def _one(write: _Write, url: str) -> int | None | BaseException:
+    try:
+        if write.insert is not None:
+            return _insert(write.insert, write.flow_run_id, url)
+        assert write.finish is not None
+        _finish(url, write.finish[0], write.finish[1], write.flow_run_id)
+        return None
+    except Exception as exc:  # AuditUnavailableError for an insert; a finish keeps its own
+        return exc
+
+
+def _write_batch(url: str, batch: list[_Write]) -> list[int | None | BaseException]:
+    """The batch in one transaction; if the database refuses it, each write on its own."""
+    if len(batch) == 1:
+        return [_one(batch[0], url)]
+    results: list[int | None | BaseException] = []
+    try:
+        with Session(store.engine(url)) as session:
+            for write in batch:
+                if write.insert is not None:
+                    attempt = write.insert
+                    results.append(
+                        store.record_attempt(
+                            session=session,
+                            attempt=_row_of(attempt),
+                            started_at=attempt.started_at,
+                            owner=leases.owner(),
+                            lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
+                            flow_run_id=write.flow_run_id,
+                            commit=False,
+                        )
+                    )
+                else:
+                    assert write.finish is not None
+                    row_id, error = write.finish
+                    store.finish_attempt(
+                        session=session,
+                        attempt_id=row_id,
+                        outcome="failure" if error else "success",
+                        error=error,
+                        flow_run_id=write.flow_run_id,
+                        commit=False,
+                    )
+                    results.append(None)
+            session.commit()
+    except SQLAlchemyError:
+        return [_one(write, url) for write in batch]
+    for write, result in zip(batch, results, strict=True):
+        if write.insert is not None:
+            assert isinstance(result, int)
+            leases.KEEPER.hold_attempt(result, url)
+        else:
+            assert write.finish is not None
+            leases.KEEPER.drop_attempt(write.finish[0])
+    return results
+
+
 class AuditedAttempt:
     """The row of one attempt: ``begin`` inserts it (once), ``finish`` finishes it (once).
 
@@ -163,9 +293,8 @@ class AuditedAttempt:
 
     def begin(self) -> asyncio.Future[int]:
         if self._insert is None:
-            self._insert = asyncio.ensure_future(
-                asyncio.to_thread(_insert, self.attempt, self.flow_run_id, self._url)
-            )
+            inserted = _group(self._url).submit(insert=self.attempt, flow_run_id=self.flow_run_id)
+            self._insert = asyncio.ensure_future(_row_id(inserted))
         return self._insert
 
     async def start(self) -> int:
@@ -179,9 +308,16 @@ class AuditedAttempt:
         self._finished = True
         row_id = await asyncio.shield(self.begin())
         body = error_body(error) if isinstance(error, BaseException) else error
-        await asyncio.shield(asyncio.to_thread(_finish, self._url, row_id, body, self.flow_run_id))
+        finished = _group(self._url).submit(finish=(row_id, body), flow_run_id=self.flow_run_id)
+        await asyncio.shield(finished)
         seconds = (store.utcnow() - self.attempt.started_at).total_seconds()
         metrics.attempt_finished(self.attempt.route, "failure" if body else "success", seconds)
+
+
+async def _row_id(inserted: asyncio.Future[int | None]) -> int:
+    row_id = await inserted
+    assert isinstance(row_id, int)
+    return row_id
 
 
 @asynccontextmanager

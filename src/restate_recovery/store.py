@@ -117,8 +117,10 @@ def record_attempt(
     owner: str | None = None,
     lease_expires_at: datetime | None = None,
     flow_run_id: str | None = None,
+    commit: bool = True,
 ) -> int:
-    """Insert the row of an attempt that is starting; returns its id (committed at once)."""
+    """Insert the row of an attempt that is starting; returns its id (committed at once, unless
+    the caller commits a batch of rows itself)."""
     data = attempt.model_dump()
     data.update(owner=owner, lease_expires_at=lease_expires_at, flow_run_id=flow_run_id)
     data["arguments"] = redact_arguments(data["arguments"])
@@ -127,7 +129,8 @@ def record_attempt(
     # One prebuilt Core statement, parameters apart: building an ORM insert per call cost
     # about 2 ms of CPU on the doctor's answer path (it runs while the doctor probes).
     inserted = session.connection().execute(_insert_audit(), data)
-    session.commit()
+    if commit:
+        session.commit()
     (attempt_id,) = inserted.inserted_primary_key or (None,)
     if not isinstance(attempt_id, int):
         raise RuntimeError("the audit database returned no id for the new row")
@@ -147,8 +150,10 @@ def finish_attempt(
     outcome: Outcome,
     error: dict[str, Any] | None = None,
     flow_run_id: str | None = None,
+    commit: bool = True,
 ) -> None:
-    """Finish an attempt, once: a finished row is never changed again."""
+    """Finish an attempt, once: a finished row is never changed again (committed at once, unless
+    the caller commits a batch itself)."""
     session.execute(
         sa.update(OperationAudit)
         .where(col(OperationAudit.id) == attempt_id)
@@ -160,7 +165,8 @@ def finish_attempt(
             flow_run_id=flow_run_id,
         )
     )
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def renew_attempts(*, session: Session, attempt_ids: list[int], until: datetime) -> None:
