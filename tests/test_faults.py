@@ -15,6 +15,7 @@ from restate_recovery.errors import AdminUnreachableError, RetryBlockedError
 from restate_recovery.settings import get_settings
 from tests.conftest import RestateStack
 from tests.support.fault_proxy import Fault, FaultProxy, running
+from tests.support.helpers import query
 from tests.support.local_stack import PrefectServer, submit_workflow, wait_for_status
 from tests.support.runbooks import run_flow
 
@@ -90,14 +91,7 @@ def failed_key(restate: RestateStack) -> tuple[str, str]:
 
 
 def rows(restate: RestateStack, sql: str) -> list[dict[str, Any]]:
-    response = httpx.post(
-        f"{restate.admin_url}/query",
-        json={"query": sql},
-        headers={"accept": "application/json"},
-        timeout=10,
-    )
-    result: list[dict[str, Any]] = response.json()["rows"]
-    return result
+    return query(restate.admin_url, sql)
 
 
 async def test_recover_refuses_on_faulty_queries_and_converges_after(

@@ -26,6 +26,7 @@ from restate_recovery import errors, store
 from restate_recovery.runbooks import RECOVER_STUCK_WORKFLOW
 from tests.conftest import POSTGRES_URL, RestateStack
 from tests.support.deployed import run as run_cli
+from tests.support.helpers import query
 from tests.support.local_stack import (
     PROJECT_DIR,
     WORKFLOW,
@@ -153,15 +154,11 @@ def record_of(replicas: Replicas, flow_run_id: str) -> str:
 
 
 def invocations_of(restate: RestateStack, key: str) -> list[dict[str, Any]]:
-    response = httpx.post(
-        f"{restate.admin_url}/query",
-        json={"query": "SELECT id FROM sys_invocation WHERE target_service_name = "
-                       f"'{WORKFLOW}' AND target_service_key = '{key}'"},
-        headers={"accept": "application/json"},
-        timeout=10,
-    )  # fmt: skip
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
+    return query(
+        restate.admin_url,
+        f"SELECT id FROM sys_invocation WHERE target_service_name = '{WORKFLOW}' "
+        f"AND target_service_key = '{key}'",
+    )
 
 
 def test_concurrent_recoveries_of_one_key_through_two_apis_act_once(

@@ -38,6 +38,7 @@ from rich.console import Console
 
 from restate_recovery.settings import DATA_DIR
 from restate_recovery.sql import invocation_id_literal, name_literal
+from tests.support.helpers import query
 from tests.support.local_stack import (
     PROJECT_DIR,
     WORKFLOW,
@@ -249,18 +250,6 @@ def finished(api: Api, run_id: str, timeout: float = 180) -> dict[str, Any]:
     return run
 
 
-def restate_rows(admin_url: str, sql: str) -> list[dict[str, Any]]:
-    response = httpx.post(
-        f"{admin_url}/query",
-        json={"query": sql},
-        headers={"accept": "application/json"},
-        timeout=10,
-    )
-    response.raise_for_status()
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
-
-
 Step = tuple[str, str, str | None]  # a planned step as the record lists it: action, target, detail
 PLAN_LINE = re.compile(r"^\d+\. \*\*([a-z-]+)\*\* `([^`]+)`(?:: (.*))?$")
 
@@ -397,12 +386,12 @@ def recover_many(stack: Stack, api: Api, ui: str, record: Callable[[str], str]) 
     if len(plan) != len(wanted) or set(plan) != wanted:
         raise RuntimeError(f"the plan is {plan}, not a recover step for each key: {wanted}")
     for key, invocation in failed.items():  # a dry run: each key's failed run and state stay
-        run_rows = restate_rows(
+        run_rows = query(
             admin,
             "SELECT status, completion_result FROM sys_invocation "
             f"WHERE id = {invocation_id_literal(invocation)}",
         )
-        state_rows = restate_rows(
+        state_rows = query(
             admin,
             f"SELECT count(*) AS n FROM state WHERE service_name = {name_literal(WORKFLOW)} "
             f"AND service_key = {name_literal(key)}",
@@ -442,7 +431,7 @@ def resume_paused(stack: Stack, api: Api, ui: str, record: Callable[[str], str])
     if len(plan) != len(wanted) or set(plan) != wanted:
         raise RuntimeError(f"the plan is {plan}, not a resume step for each paused run: {wanted}")
     for invocation in paused:  # a dry run: they stay paused
-        rows = restate_rows(
+        rows = query(
             admin,
             f"SELECT status FROM sys_invocation WHERE id = {invocation_id_literal(invocation)}",
         )
