@@ -494,14 +494,28 @@ def test_the_doctor_without_an_admin_url_is_503_and_a_failed_run(
         assert run.json()["state_type"] == "FAILED"
 
 
-def test_the_api_refuses_to_start_without_a_prefect_server(restate: RestateStack) -> None:
-    env = api_env(restate, "sqlite:///unused.db")
+def test_the_api_without_a_prefect_server_fails_clearly_when_the_embedded_one_cannot_start(
+    restate: RestateStack, tmp_path: Path
+) -> None:
+    """No PREFECT_API_URL: the API runs beside the embedded Prefect server (tests/test_up.py);
+    with the embedded port taken by something else, it says so, exits 1, and leaves nothing."""
+    import socket
+
+    env = api_env(restate, f"sqlite:///{tmp_path / 'audit.db'}")
     env.pop("PREFECT_API_URL", None)
-    result = subprocess.run(
-        [CLI, "api", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2
-    assert "the operator API needs PREFECT_API_URL" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env.update(
+            RECOVERY_DATA_DIR=str(tmp_path / "data"),
+            RECOVERY_EMBEDDED_PREFECT_PORT=str(taken.getsockname()[1]),
+        )
+        result = subprocess.run(
+            [CLI, "api", "--port", "1"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode == 1, result.stderr
+    assert "prefect server exited with" in result.stderr
+    assert str(tmp_path / "data" / "control-plane" / "logs" / "prefect-server.log") in result.stderr
 
 
 def test_stopping_the_api_waits_for_doctor_answers_to_be_recorded(

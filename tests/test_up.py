@@ -257,3 +257,26 @@ def test_retention_vacuums_runs_older_than_it_with_their_artifacts_and_audit_row
     with Session(store.engine_for(up_env["RECOVERY_DATABASE_URL"])) as session:
         rows = store.list_attempts(session=session)
     assert [(r.route, r.outcome) for r in rows] == [("doctor", "success")] * 2
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_none_of_its_processes_behind(
+    up_env: dict[str, str],
+) -> None:
+    api_port, prefect_port = free_port(), free_port()
+    api = Command(["api", "--port", str(api_port)],
+                  {**up_env, "RECOVERY_EMBEDDED_PREFECT_PORT": str(prefect_port)})  # fmt: skip
+    try:
+        api.wait_for(r"uses the embedded Prefect server", 240)
+        deadline = time.monotonic() + 120
+        while not httpx_answers(f"http://127.0.0.1:{api_port}/openapi.json"):
+            assert time.monotonic() < deadline, "\n".join(api.lines)
+            time.sleep(0.3)
+        children = api.descendants()
+        assert len(children) >= 2, children  # the Prefect server and the API
+    finally:
+        os.kill(api.process.pid, signal.SIGKILL)
+        api.process.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while not gone(children):
+        assert time.monotonic() < deadline, f"left running after SIGKILL: {children}"
+        time.sleep(0.2)

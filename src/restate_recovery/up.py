@@ -15,6 +15,7 @@ events and, with them, finished flow runs (their logs and artifacts as orphans) 
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import os
 import signal
@@ -75,6 +76,19 @@ def prefect_server_env(prefect_home: Path, port: int, *, ui: bool) -> dict[str, 
     return env
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM once the process that started it is gone (even
+    SIGKILLed: nothing of the control plane outlives its supervisor). Linux only."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the children
+        pass
+
+
 @dataclass
 class Child:
     name: str
@@ -93,6 +107,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us only: we stop it in order
+                preexec_fn=_die_with_parent,
             )
         return self
 
@@ -288,7 +303,7 @@ def supervise(plane: ControlPlane, start: Callable[[], None]) -> int:
         print("stopping...")  # noqa: T201 - a command's output
         return 0
     except UpError as exc:
-        print(f"restate-recovery up: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"restate-recovery: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     finally:
         plane.stop()
