@@ -287,9 +287,14 @@ async def test_a_rejection_ends_the_run_cancelled_and_the_key_quiet_until_a_new_
         rejected.message or ""
     )
     assert [r.id for r in others if r.created and r.created > rejected.timestamp] == []
-    for other in others:
+    for other in others:  # refused beside the pending plan: by the finding's state, or at the
+        # claim (it planned before the first had claimed, then found the first's plan waiting)
         assert other.state is not None and other.state.type.value == "CANCELLED", other.state
-        assert f"workflow:{WORKFLOW}:{key} (pending)" in (other.state.message or "")
+        message = other.state.message or ""
+        assert f"workflow:{WORKFLOW}:{key} (pending)" in message or (
+            f"Not planned again: a plan for workflow:{WORKFLOW}:{key} already waits for "
+            f"approval (run {first.id})" in message
+        ), message
     assert quiet.state is not None and "(quiet)" in (quiet.state.message or "")
     assert second.id != first.id  # a new alert re-opens it
     (row,) = [r for r in audit_rows(deployed) if r["flowRunId"] == str(first.id)]
