@@ -166,7 +166,7 @@ class _GroupCommit:
     def __init__(self, url: str) -> None:
         self.url = url
         self.queued: list[_Write] = []
-        self.writing = False
+        self.writing: asyncio.Future[None] | None = None  # the task writing (kept referenced)
 
     def submit(
         self,
@@ -177,9 +177,8 @@ class _GroupCommit:
     ) -> asyncio.Future[int | None]:
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self.queued.append(_Write(insert, finish, flow_run_id, done))
-        if not self.writing:
-            self.writing = True
-            asyncio.ensure_future(self._drain())
+        if self.writing is None:
+            self.writing = asyncio.ensure_future(self._drain())
         return done
 
     async def _drain(self) -> None:
@@ -188,11 +187,12 @@ class _GroupCommit:
                 batch, self.queued = self.queued, []
                 try:
                     results = await asyncio.to_thread(_write_batch, self.url, batch)
-                except BaseException as exc:  # cancelled (shutdown): each waiter learns it
-                    for write in batch:
-                        if not write.done.done():
-                            write.done.set_exception(exc)
+                except asyncio.CancelledError:  # shutdown: each waiter learns it
+                    for write in batch + self.queued:
+                        write.done.cancel()
                     raise
+                except Exception as exc:  # not the database's: each of this batch gets it
+                    results = [exc] * len(batch)
                 for write, result in zip(batch, results, strict=True):
                     if write.done.done():
                         continue
@@ -201,7 +201,7 @@ class _GroupCommit:
                     else:
                         write.done.set_result(result)
         finally:
-            self.writing = False
+            self.writing = None
 
 
 _GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _GroupCommit]] = (
