@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -23,7 +22,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from restate_recovery import leases, metrics, store
+from restate_recovery import leases, metrics, store, writes
 from restate_recovery.errors import (
     AuditUnavailableError,
     InvalidRequestError,
@@ -148,129 +147,43 @@ def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: st
     leases.KEEPER.drop_attempt(row_id)
 
 
-@dataclass
-class _Write:
-    insert: Attempt | None  # the row to insert, or
-    finish: tuple[int, dict[str, Any] | None] | None  # the row to finish, with its error
-    flow_run_id: str | None
-    done: asyncio.Future[int | None]
+def _insert_write(attempt: Attempt, flow_run_id: str | None, url: str) -> writes.Write:
+    def run(session: Session) -> int:
+        return store.record_attempt(
+            session=session,
+            attempt=_row_of(attempt),
+            started_at=attempt.started_at,
+            owner=leases.owner(),
+            lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
+            flow_run_id=flow_run_id,
+            commit=False,
+        )
+
+    return writes.Write(
+        run=run,
+        alone=lambda: _insert(attempt, flow_run_id, url),
+        committed=lambda row_id: leases.KEEPER.hold_attempt(row_id, url),
+    )
 
 
-class _GroupCommit:
-    """This event loop's audit writes to one database, a batch per transaction: writes that
-    come while a batch commits go together in the next one (one at a time when idle: nothing
-    waits). Under load that is one commit for many rows instead of one each (SQLite takes one
-    writer at a time). A batch the database refuses is written again one row at a time, each
-    with its own outcome (``_insert``, ``_finish``)."""
+def _finish_write(
+    url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: str | None
+) -> writes.Write:
+    def run(session: Session) -> None:
+        store.finish_attempt(
+            session=session,
+            attempt_id=row_id,
+            outcome="failure" if error else "success",
+            error=error,
+            flow_run_id=flow_run_id,
+            commit=False,
+        )
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.queued: list[_Write] = []
-        self.writing: asyncio.Future[None] | None = None  # the task writing (kept referenced)
-
-    def submit(
-        self,
-        *,
-        insert: Attempt | None = None,
-        finish: tuple[int, dict[str, Any] | None] | None = None,
-        flow_run_id: str | None = None,
-    ) -> asyncio.Future[int | None]:
-        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self.queued.append(_Write(insert, finish, flow_run_id, done))
-        if self.writing is None:
-            self.writing = asyncio.ensure_future(self._drain())
-        return done
-
-    async def _drain(self) -> None:
-        try:
-            while self.queued:
-                batch, self.queued = self.queued, []
-                try:
-                    results = await asyncio.to_thread(_write_batch, self.url, batch)
-                except asyncio.CancelledError:  # shutdown: each waiter learns it
-                    for write in batch + self.queued:
-                        write.done.cancel()
-                    raise
-                except Exception as exc:  # not the database's: each of this batch gets it
-                    results = [exc] * len(batch)
-                for write, result in zip(batch, results, strict=True):
-                    if write.done.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        write.done.set_exception(result)
-                    else:
-                        write.done.set_result(result)
-        finally:
-            self.writing = None
-
-
-_GROUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _GroupCommit]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _group(url: str) -> _GroupCommit:
-    groups = _GROUPS.setdefault(asyncio.get_running_loop(), {})
-    if url not in groups:
-        groups[url] = _GroupCommit(url)
-    return groups[url]
-
-
-def _one(write: _Write, url: str) -> int | None | BaseException:
-    try:
-        if write.insert is not None:
-            return _insert(write.insert, write.flow_run_id, url)
-        assert write.finish is not None
-        _finish(url, write.finish[0], write.finish[1], write.flow_run_id)
-        return None
-    except Exception as exc:  # AuditUnavailableError for an insert; a finish keeps its own
-        return exc
-
-
-def _write_batch(url: str, batch: list[_Write]) -> list[int | None | BaseException]:
-    """The batch in one transaction; if the database refuses it, each write on its own."""
-    if len(batch) == 1:
-        return [_one(batch[0], url)]
-    results: list[int | None | BaseException] = []
-    try:
-        with Session(store.engine(url)) as session:
-            for write in batch:
-                if write.insert is not None:
-                    attempt = write.insert
-                    results.append(
-                        store.record_attempt(
-                            session=session,
-                            attempt=_row_of(attempt),
-                            started_at=attempt.started_at,
-                            owner=leases.owner(),
-                            lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
-                            flow_run_id=write.flow_run_id,
-                            commit=False,
-                        )
-                    )
-                else:
-                    assert write.finish is not None
-                    row_id, error = write.finish
-                    store.finish_attempt(
-                        session=session,
-                        attempt_id=row_id,
-                        outcome="failure" if error else "success",
-                        error=error,
-                        flow_run_id=write.flow_run_id,
-                        commit=False,
-                    )
-                    results.append(None)
-            session.commit()
-    except SQLAlchemyError:
-        return [_one(write, url) for write in batch]
-    for write, result in zip(batch, results, strict=True):
-        if write.insert is not None:
-            assert isinstance(result, int)
-            leases.KEEPER.hold_attempt(result, url)
-        else:
-            assert write.finish is not None
-            leases.KEEPER.drop_attempt(write.finish[0])
-    return results
+    return writes.Write(
+        run=run,
+        alone=lambda: _finish(url, row_id, error, flow_run_id),
+        committed=lambda _: leases.KEEPER.drop_attempt(row_id),
+    )
 
 
 class AuditedAttempt:
@@ -293,7 +206,9 @@ class AuditedAttempt:
 
     def begin(self) -> asyncio.Future[int]:
         if self._insert is None:
-            inserted = _group(self._url).submit(insert=self.attempt, flow_run_id=self.flow_run_id)
+            inserted = writes.submit(
+                self._url, _insert_write(self.attempt, self.flow_run_id, self._url)
+            )
             self._insert = asyncio.ensure_future(_row_id(inserted))
         return self._insert
 
@@ -308,13 +223,15 @@ class AuditedAttempt:
         self._finished = True
         row_id = await asyncio.shield(self.begin())
         body = error_body(error) if isinstance(error, BaseException) else error
-        finished = _group(self._url).submit(finish=(row_id, body), flow_run_id=self.flow_run_id)
+        finished = writes.submit(
+            self._url, _finish_write(self._url, row_id, body, self.flow_run_id)
+        )
         await asyncio.shield(finished)
         seconds = (store.utcnow() - self.attempt.started_at).total_seconds()
         metrics.attempt_finished(self.attempt.route, "failure" if body else "success", seconds)
 
 
-async def _row_id(inserted: asyncio.Future[int | None]) -> int:
+async def _row_id(inserted: asyncio.Future[Any]) -> int:
     row_id = await inserted
     assert isinstance(row_id, int)
     return row_id

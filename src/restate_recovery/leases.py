@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from restate_recovery import store
+from restate_recovery import store, writes
 from restate_recovery.errors import AuditUnavailableError, RecoveryInProgressError
 
 logger = logging.getLogger(__name__)
@@ -226,27 +226,28 @@ async def lock(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
 
-    def attempt() -> store.RecoveryLock | None:
-        try:
-            with Session(store.engine(url)) as session:
-                now = store.db_now(session)
-                row = store.RecoveryLock(
-                    target=target,
-                    holder=holder,
-                    owner=owner(),
-                    attempt_id=attempt_id,
-                    flow_run_id=flow_run_id,
-                    acquired_at=now,
-                    expires_at=now + LOCK_LEASE,
-                )
-                return store.try_lock(session=session, lock=row, now=now)
-        except SQLAlchemyError as exc:
-            raise AuditUnavailableError(
-                f"The audit database (which holds the write locks) did not answer "
-                f"({type(exc).__name__}): no write was made"
-            ) from exc
+    def row(now: Any) -> store.RecoveryLock:
+        return store.RecoveryLock(
+            target=target,
+            holder=holder,
+            owner=owner(),
+            attempt_id=attempt_id,
+            flow_run_id=flow_run_id,
+            acquired_at=now,
+            expires_at=now + LOCK_LEASE,
+        )
 
-    while (held := await asyncio.to_thread(attempt)) is not None:
+    def alone() -> store.RecoveryLock | None:
+        with Session(store.engine(url)) as session:
+            now = store.db_now(session)
+            return store.try_lock(session=session, lock=row(now), now=now)
+
+    def in_batch(session: Session) -> store.RecoveryLock | None:
+        now = store.db_now(session)
+        return store.try_lock(session=session, lock=row(now), now=now, commit=False)
+
+    take = writes.Write(run=in_batch, alone=alone)
+    while (held := await _unavailable_as_refusal(writes.submit(url, take))) is not None:
         if loop.time() >= deadline:
             who = f"attempt {held.attempt_id}" if held.attempt_id else f"run {held.flow_run_id}"
             raise RecoveryInProgressError(
@@ -259,17 +260,39 @@ async def lock(
         yield
     finally:
         KEEPER.drop_lock(holder)
-        await asyncio.shield(asyncio.to_thread(_release, url, holder))
+        release = writes.Write(
+            run=lambda session: store.release_lock(session=session, holder=holder, commit=False),
+            alone=lambda: _release(url, holder),
+        )
+        try:
+            await asyncio.shield(writes.submit(url, release))
+        except SQLAlchemyError as exc:  # the database is away: the lease runs out on its own
+            _not_released(holder, exc)
+
+
+async def _unavailable_as_refusal(taken: asyncio.Future[Any]) -> store.RecoveryLock | None:
+    try:
+        held: store.RecoveryLock | None = await taken
+    except SQLAlchemyError as exc:
+        raise AuditUnavailableError(
+            f"The audit database (which holds the write locks) did not answer "
+            f"({type(exc).__name__}): no write was made"
+        ) from exc
+    return held
 
 
 def _release(url: str, holder: str) -> None:
     try:
         with Session(store.engine(url)) as session:
             store.release_lock(session=session, holder=holder)
-    except SQLAlchemyError as exc:  # the database is away: the lease runs out on its own
-        logger.warning(
-            "lock %s not released (%s): free within %s", holder, type(exc).__name__, LOCK_LEASE
-        )
+    except SQLAlchemyError as exc:
+        _not_released(holder, exc)
+
+
+def _not_released(holder: str, exc: BaseException) -> None:
+    logger.warning(
+        "lock %s not released (%s): free within %s", holder, type(exc).__name__, LOCK_LEASE
+    )
 
 
 def reap() -> list[store.Abandoned]:

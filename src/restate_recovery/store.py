@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, select
 
@@ -261,21 +263,28 @@ class RecoveryLock(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
 
 
-def try_lock(*, session: Session, lock: RecoveryLock, now: datetime) -> RecoveryLock | None:
+def try_lock(
+    *, session: Session, lock: RecoveryLock, now: datetime, commit: bool = True
+) -> RecoveryLock | None:
     """Take ``lock`` if its target is free (or its holder's lease ran out); None when taken,
-    else the row that holds it."""
+    else the row that holds it (committed at once, unless the caller commits a batch itself:
+    a target already held changes nothing in the batch, so the batch goes on)."""
     table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
     session.execute(
         sa.delete(table).where(table.c.target == lock.target).where(table.c.expires_at < now)
     )
-    try:
-        session.execute(sa.insert(table).values(**lock.model_dump()))
+    insert = (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(
+        table
+    )
+    session.execute(insert.values(**lock.model_dump()).on_conflict_do_nothing())
+    held = session.execute(sa.select(table).where(table.c.target == lock.target)).first()
+    if commit:
         session.commit()
-        return None
-    except sa.exc.IntegrityError:
-        session.rollback()
-    held = session.get(RecoveryLock, lock.target)
-    return held if held is not None else lock  # released meanwhile: the caller asks again
+    if held is None:
+        return lock  # released meanwhile: the caller asks again
+    if held.holder == lock.holder:
+        return None  # taken
+    return RecoveryLock(**held._asdict())
 
 
 def renew_locks(*, session: Session, holders: list[str], until: datetime) -> list[str]:
@@ -289,10 +298,11 @@ def renew_locks(*, session: Session, holders: list[str], until: datetime) -> lis
     return [holder for holder in holders if holder not in still]
 
 
-def release_lock(*, session: Session, holder: str) -> None:
+def release_lock(*, session: Session, holder: str, commit: bool = True) -> None:
     table: sa.Table = RecoveryLock.__table__  # type: ignore[attr-defined]
     session.execute(sa.delete(table).where(table.c.holder == holder))
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def release_locks_of(*, session: Session, attempt_ids: list[int], owners: list[str]) -> int:
@@ -594,9 +604,18 @@ _migrating = threading.Lock()
 
 def engine(url: str | None = None) -> Engine:
     """The engine of the audit database (``url``, else the configured one), brought to the newest
-    schema on first use in this process (by one thread: the others wait for it)."""
+    schema on first use in this process (by one thread: the others wait for it; once it is
+    there, no thread waits for another to look it up)."""
+    url = url or database_url()
+    found = _ready.get(url)
+    if found is not None:
+        return found
     with _migrating:
-        return _migrated(url or database_url())
+        _ready[url] = _migrated(url)
+        return _ready[url]
+
+
+_ready: dict[str, Engine] = {}
 
 
 @cache
