@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 # Before anything imports prefect: a private PREFECT_HOME and the session server's URL.
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="restate-recovery-tests-"))
@@ -172,6 +173,44 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+def postgres_admin() -> Any:
+    """An autocommit engine on the machine's PostgreSQL (fails if ``TEST_POSTGRES_URL`` is not
+    set)."""
+    import sqlalchemy as sa
+
+    from restate_recovery.store import normalize_url
+
+    if not POSTGRES_URL:
+        pytest.fail("TEST_POSTGRES_URL is not set: run the tests with ./scripts/test")
+    return sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real Prefect server of the module's own on a database of its own in the machine's
+    PostgreSQL, migrated by Prefect itself (as production runs it)."""
+    import sqlalchemy as sa
+
+    from restate_recovery.store import normalize_url
+
+    name = f"rr_prefect_{uuid.uuid4().hex[:10]}"
+    engine = postgres_admin()
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    base = sa.engine.make_url(normalize_url(POSTGRES_URL))
+    url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+    home = tmp_path_factory.mktemp("prefect-pg")
+    server = PrefectServer(home=home, template_cache=home, database_url=url)
+    try:
+        server.start(timeout_s=240)
+        yield server
+    finally:
+        server.stop()
+        with engine.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

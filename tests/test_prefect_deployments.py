@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,30 @@ BIN = Path(sys.executable).parent
 WORKFLOW = "IdentityRecoveryWorkflow"
 
 
-@pytest.fixture(scope="module")
-def deployed(prefect_server: PrefectServer, sample_service: SampleService) -> Iterator[Deployed]:
-    with deployed_stack(SESSION_DIR / "deployed", sample_service.url) as stack:
+@contextmanager
+def on_prefect(server: PrefectServer) -> Iterator[None]:
+    """This process and what it starts talk to ``server`` (its API URL) for the block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ["PREFECT_API_URL"]
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ["PREFECT_API_URL"] = before
+
+
+# Each test runs on a Prefect server on SQLite (the session's) and on one on PostgreSQL (the
+# module's own, migrated by Prefect), as production runs it.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def deployed(request: pytest.FixtureRequest, sample_service: SampleService) -> Iterator[Deployed]:
+    database = request.param
+    fixture = "prefect_server" if database == "sqlite" else "prefect_on_postgres"
+    server: PrefectServer = request.getfixturevalue(fixture)
+    home = SESSION_DIR / f"deployed-{database}"
+    with on_prefect(server), deployed_stack(home, sample_service.url) as stack:
+        stack.prefect_database = database
         yield stack
 
 
@@ -203,7 +225,7 @@ async def runs_for_key(key: str) -> list[FlowRun]:
     return [r for r in runs if r.name.startswith(f"recover-stuck-workflow/{WORKFLOW}/{key}")]
 
 
-@pytest.mark.timeout(600)  # it waits past Prefect's 225 s lease renewal on purpose
+@pytest.mark.timeout(600)  # on SQLite it waits past Prefect's 225 s lease renewal on purpose
 async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_one_write(
     deployed: Deployed,
 ) -> None:
@@ -218,7 +240,8 @@ async def test_an_alert_leads_to_one_plan_that_waits_past_prefects_lease_then_on
     started = paused.start_time or paused.created
     assert started is not None
     waited = (datetime.now(UTC) - started).total_seconds()
-    await asyncio.sleep(max(0.0, LEASE_RENEWAL_SECONDS + 20 - waited))  # past its renewal
+    if deployed.prefect_database == "sqlite":  # past its renewal (once: it is not the database's)
+        await asyncio.sleep(max(0.0, LEASE_RENEWAL_SECONDS + 20 - waited))
 
     assert [r.id for r in await runs_for_key(key)] == [paused.id]  # one plan per key
     async with get_client() as client:
@@ -330,7 +353,7 @@ async def test_the_serve_entrypoint_serves_every_deployment_without_a_worker(
             deployment = await client.read_deployment_by_name(runbook.deployment_name)
             await client.delete_deployment(deployment.id)
     env = {**deployed.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    log_path = SESSION_DIR / "deployed" / "serve.log"
+    log_path = SESSION_DIR / f"deployed-{deployed.prefect_database}" / "serve.log"
     log = log_path.open("ab")
     server = subprocess.Popen(
         [sys.executable, str(PROJECT_DIR / "deployments" / "serve.py")],

@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from restate_recovery import errors, store
 from restate_recovery.runbooks import RECOVER_STUCK_WORKFLOW
-from tests.conftest import POSTGRES_URL, RestateStack
+from tests.conftest import POSTGRES_URL, RestateStack, postgres_admin
 from tests.support.deployed import run as run_cli
 from tests.support.helpers import query
 from tests.support.local_stack import (
@@ -45,36 +45,10 @@ DOCUMENTED = {
 }
 
 
-def admin_engine() -> sa.Engine:
-    if not POSTGRES_URL:
-        pytest.fail("TEST_POSTGRES_URL is not set: run the tests with ./scripts/test")
-    return sa.create_engine(store.normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-
-
-@pytest.fixture(scope="module")
-def prefect_on_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    name = f"rr_prefect_{uuid.uuid4().hex[:10]}"
-    engine = admin_engine()
-    with engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    base = sa.engine.make_url(store.normalize_url(POSTGRES_URL or ""))
-    url = base.set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
-    home = tmp_path_factory.mktemp("prefect-pg")
-    server = PrefectServer(home=home, template_cache=home, database_url=url)
-    try:
-        server.start(timeout_s=240)
-        yield server
-    finally:
-        server.stop()
-        with engine.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def audit_on_postgres() -> Iterator[str]:
     schema = f"rr_replicas_{uuid.uuid4().hex[:10]}"
-    engine = admin_engine()
+    engine = postgres_admin()
     with engine.connect() as connection:
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     separator = "&" if "?" in (POSTGRES_URL or "") else "?"

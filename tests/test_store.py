@@ -234,3 +234,54 @@ async def test_a_batch_the_database_refuses_is_written_again_row_by_row(
         written = store.list_attempts(session=session, limit=100)
     assert sorted(r.request_id or "" for r in written) == sorted(f"b{n}" for n in range(10))
     assert all(r.outcome == "success" for r in written)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_locks_and_rows_of_one_loop_share_transactions_and_each_lock_has_one_holder(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """20 writers at once, two per target, each with its row and its target's lock (as the
+    batch recovers keys): the locks are taken and released in the same batched transactions as
+    the rows, and never two writers of one target inside at once; nothing is left held."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from restate_recovery import leases
+    from restate_recovery.audit import Attempt, AuditedAttempt
+    from restate_recovery.settings import get_settings
+
+    url = (
+        f"sqlite:///{tmp_path / 'audit.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    monkeypatch.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    engine = store.engine(url)
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _: commits.append(1))
+    inside: dict[str, int] = {}
+    overlaps: list[str] = []
+
+    async def writer(n: int) -> None:
+        target = f"workflow:W:{n % 10}-{database}"
+        row = AuditedAttempt(Attempt(actor="u", role="ops", route="lock", request_id=f"l{n}"))
+        attempt_id = await row.start()
+        async with leases.lock(target, timeout=30, attempt_id=attempt_id):
+            if inside.get(target):
+                overlaps.append(target)
+            inside[target] = inside.get(target, 0) + 1
+            await asyncio.sleep(0.02)
+            inside[target] -= 1
+        await row.finish()
+
+    await asyncio.gather(*(writer(n) for n in range(20)))
+    get_settings.cache_clear()
+    assert overlaps == []
+    assert len(commits) < 60, len(commits)  # 80 writes (row, take, release, finish) each alone
+    with Session(engine) as session:
+        assert [lock.target for lock in store.locks(session=session)] == []
+        rows = [r for r in store.list_attempts(session=session, limit=100) if r.route == "lock"]
+    assert sorted(r.request_id or "" for r in rows) == sorted(f"l{n}" for n in range(20))
+    assert all(r.finished_at is not None and r.outcome == "success" for r in rows)

@@ -42,6 +42,7 @@ class Deployed:
     key: str
     worker: subprocess.Popen[bytes]
     approvals: Receiver  # the approvers' webhook
+    prefect_database: str = "sqlite"  # what the Prefect server runs on
 
     def stop_worker(self) -> None:
         self.stop_process(self.worker)
