@@ -103,18 +103,40 @@ def _row_of(attempt: Attempt) -> store.AuditCreate:
     )
 
 
+def _record(session: Session, attempt: Attempt, flow_run_id: str | None, *, commit: bool) -> int:
+    return store.record_attempt(
+        session=session,
+        attempt=_row_of(attempt),
+        started_at=attempt.started_at,
+        owner=leases.owner(),
+        lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
+        flow_run_id=flow_run_id,
+        commit=commit,
+    )
+
+
+def _close(
+    session: Session,
+    row_id: int,
+    error: dict[str, Any] | None,
+    flow_run_id: str | None,
+    *,
+    commit: bool,
+) -> None:
+    store.finish_attempt(
+        session=session,
+        attempt_id=row_id,
+        outcome="failure" if error else "success",
+        error=error,
+        flow_run_id=flow_run_id,
+        commit=commit,
+    )
+
+
 def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
-    row = _row_of(attempt)
     try:
         with Session(store.engine(url)) as session:
-            row_id = store.record_attempt(
-                session=session,
-                attempt=row,
-                started_at=attempt.started_at,
-                owner=leases.owner(),
-                lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
-                flow_run_id=flow_run_id,
-            )
+            row_id = _record(session, attempt, flow_run_id, commit=True)
     except SQLAlchemyError as exc:
         metrics.AUDIT_FAILURES.labels(step="begin").inc()
         raise AuditUnavailableError(
@@ -128,13 +150,7 @@ def _insert(attempt: Attempt, flow_run_id: str | None, url: str) -> int:
 def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: str | None) -> None:
     try:
         with Session(store.engine(url)) as session:
-            store.finish_attempt(
-                session=session,
-                attempt_id=row_id,
-                outcome="failure" if error else "success",
-                error=error,
-                flow_run_id=flow_run_id,
-            )
+            _close(session, row_id, error, flow_run_id, commit=True)
     except SQLAlchemyError as exc:  # what was done stands: the row is finished once it is back
         metrics.AUDIT_FAILURES.labels(step="finish").inc()
         logger.error(
@@ -148,19 +164,9 @@ def _finish(url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: st
 
 
 def _insert_write(attempt: Attempt, flow_run_id: str | None, url: str) -> writes.Write:
-    def run(session: Session) -> int:
-        return store.record_attempt(
-            session=session,
-            attempt=_row_of(attempt),
-            started_at=attempt.started_at,
-            owner=leases.owner(),
-            lease_expires_at=store.db_now(session) + leases.ATTEMPT_LEASE,
-            flow_run_id=flow_run_id,
-            commit=False,
-        )
-
+    """The row's insert, in a batch (``_insert`` when alone)."""
     return writes.Write(
-        run=run,
+        run=lambda session: _record(session, attempt, flow_run_id, commit=False),
         alone=lambda: _insert(attempt, flow_run_id, url),
         committed=lambda row_id: leases.KEEPER.hold_attempt(row_id, url),
     )
@@ -169,18 +175,9 @@ def _insert_write(attempt: Attempt, flow_run_id: str | None, url: str) -> writes
 def _finish_write(
     url: str, row_id: int, error: dict[str, Any] | None, flow_run_id: str | None
 ) -> writes.Write:
-    def run(session: Session) -> None:
-        store.finish_attempt(
-            session=session,
-            attempt_id=row_id,
-            outcome="failure" if error else "success",
-            error=error,
-            flow_run_id=flow_run_id,
-            commit=False,
-        )
-
+    """The row's finish, in a batch (``_finish`` when alone)."""
     return writes.Write(
-        run=run,
+        run=lambda session: _close(session, row_id, error, flow_run_id, commit=False),
         alone=lambda: _finish(url, row_id, error, flow_run_id),
         committed=lambda _: leases.KEEPER.drop_attempt(row_id),
     )

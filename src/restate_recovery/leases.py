@@ -237,16 +237,15 @@ async def lock(
             expires_at=now + LOCK_LEASE,
         )
 
+    def in_session(session: Session, *, commit: bool = False) -> store.RecoveryLock | None:
+        now = store.db_now(session)
+        return store.try_lock(session=session, lock=row(now), now=now, commit=commit)
+
     def alone() -> store.RecoveryLock | None:
         with Session(store.engine(url)) as session:
-            now = store.db_now(session)
-            return store.try_lock(session=session, lock=row(now), now=now)
+            return in_session(session, commit=True)
 
-    def in_batch(session: Session) -> store.RecoveryLock | None:
-        now = store.db_now(session)
-        return store.try_lock(session=session, lock=row(now), now=now, commit=False)
-
-    take = writes.Write(run=in_batch, alone=alone)
+    take = writes.Write(run=in_session, alone=alone)
     while (held := await _unavailable_as_refusal(writes.submit(url, take))) is not None:
         if loop.time() >= deadline:
             who = f"attempt {held.attempt_id}" if held.attempt_id else f"run {held.flow_run_id}"
