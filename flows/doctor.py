@@ -60,9 +60,18 @@ async def record_answer(answer: DoctorAnswer) -> State:
     get_run_logger().info(
         "answered by the %s to %s (request %s)", answer.source, answer.actor, answer.request_id
     )
+    if answer.readouts > 1:
+        get_run_logger().info(
+            "%d readouts with these component statuses and findings, read from %s to %s "
+            "while earlier answers were being recorded; this run shows the last",
+            answer.readouts,
+            answer.first_read_at.isoformat() if answer.first_read_at else "?",
+            answer.last_read_at.isoformat() if answer.last_read_at else "?",
+        )
     if answer.also_answered:
         get_run_logger().info(
-            "the same readout answered %d more, asked while it was read: %s",
+            "the same %s answered %d more: %s",
+            "readout" if answer.readouts == 1 else "readouts",
             len(answer.also_answered),
             ", ".join(answer.also_answered),
         )

@@ -276,7 +276,9 @@ def test_the_metrics_of_a_readout_with_a_dead_node() -> None:
             "cluster": cluster,
         }  # fmt: skip
     )
-    metrics.readout_read(readout, None)
+    from restate_recovery.doctor.findings import doctor_findings
+
+    metrics.readout_read(readout, doctor_findings(readout, None))
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families(metrics.exposition().decode())

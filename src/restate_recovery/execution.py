@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from restate_recovery import metrics
 from restate_recovery.audit import Attempt, AuditedAttempt, audited
+from restate_recovery.doctor.findings import Finding, doctor_findings
 from restate_recovery.doctor.probes import (
     Endpoints,
     ProbeClients,
@@ -36,6 +39,7 @@ from restate_recovery.redaction import redact, redact_text
 from restate_recovery.runbooks import DOCTOR, Runbook
 from restate_recovery.schemas import RequestModel, WriteOutcome
 from restate_recovery.settings import get_settings
+from restate_recovery.store import utcnow
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -298,40 +302,85 @@ def record_flow() -> Any:
     return DOCTOR.flow("record_answer")
 
 
-# A record is a flow run; more of them at once only slow Prefect's server down.
-RECORDS_AT_ONCE = 4
+# A readout (or the error it is answered with) and its ``signature``.
+Probed = tuple[DoctorReadout | None, OperatorError | None, tuple[Any, ...]]
 
 
 @dataclass
 class _SharedProbe:
     """One doctor readout being read, and the rows of every call it answers."""
 
-    probe: asyncio.Future[tuple[DoctorReadout | None, OperatorError | None]] | None = None
+    probe: asyncio.Future[Probed] | None = None
     rows: list[AuditedAttempt] = field(default_factory=list)
-    holds_slot: bool = False  # it took one of ``max_pending`` (given back after its record)
+    holds_slot: bool = False  # it took one of ``max_pending`` (given back once recorded or merged)
+
+
+def signature(readout: DoctorReadout, findings: list[Finding]) -> tuple[Any, ...]:
+    """What a record stands for: each component's status and every finding (kind, subject and
+    identity). Readouts with the same signature differ only in timings."""
+    return (
+        tuple((name, part.status) for name, part in readout.components()),
+        tuple(
+            sorted(
+                (
+                    f.event,
+                    tuple(sorted(f.resource.items())),
+                    str(f.payload.get("fingerprint") or f.payload.get("error") or ""),
+                )
+                for f in findings
+            )
+        ),
+    )
+
+
+@dataclass
+class _Record:
+    """Consecutive readouts with one signature, waiting to become one ``restate-doctor`` run:
+    the last readout (what is true now), how many there were and when, and every call's row."""
+
+    signature: tuple[Any, ...]
+    readout: DoctorReadout | None
+    error: OperatorError | None
+    rows: list[AuditedAttempt]
+    holds_slot: bool
+    readouts: int = 1
+    first_read_at: datetime = field(default_factory=utcnow)
+    last_read_at: datetime = field(default_factory=utcnow)
+
+    def merge(self, readout: DoctorReadout | None, rows: list[AuditedAttempt]) -> None:
+        self.readout = readout
+        self.rows.extend(rows)
+        self.readouts += 1
+        self.last_read_at = utcnow()
 
 
 class DoctorAnswers:
     """Answers doctor calls (the API's, the CLI's local mode) and records each readout as a
     ``restate-doctor`` flow run right after, then finishes the audit rows it answered.
 
-    Calls that come while a readout is being read share it: one probe, one Prefect record (its
-    log names every caller), and still one audit row and one answer each. ``source`` says where
-    the answer was given (in the run's tags and log). At most ``RECORDS_AT_ONCE`` records run at
-    once and at most ``max_pending`` readouts may wait to be recorded; past that a new readout
-    waits before it probes (nothing is dropped). ``drain`` waits for the records still pending.
-    The probes' clients are kept open between calls.
+    Calls that come while a readout is being read share it: one probe, one answer each and one
+    audit row each. Records are made one at a time, in order; readouts read while one is being
+    made wait for the next, and consecutive ones with the same ``signature`` (the same component
+    statuses and findings) become one run, which shows the last readout and names how many there
+    were, when, and every caller. So under load Prefect gets a run per change of the doctor's
+    verdict (or per record's time), not one per probe, and every call's row points at the run of
+    its readout. ``source`` says where the answer was given (in the run's tags and log). At most
+    ``max_pending`` records may wait; past that a new readout waits before it probes (nothing is
+    dropped). ``drain`` waits for the records still pending. The probes' clients are kept open
+    between calls.
     """
 
     def __init__(self, *, source: str, max_pending: int, executor: Executor | None = None):
         self._source = source
         self._executor = executor
-        self._recording = asyncio.Semaphore(RECORDS_AT_ONCE)
         self._pending = asyncio.Semaphore(max_pending)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._clients: ProbeClients | None = None
         self._current: _SharedProbe | None = None
+        self._waiting: deque[_Record] = deque()  # read, not yet being recorded (oldest first)
+        self._recorder: asyncio.Future[Any] | None = None
         self.probes_read = 0  # how many readouts were read (fewer than calls under load)
+        self.records_made = 0  # how many restate-doctor runs were started (fewer than readouts)
 
     async def _clients_for(self, endpoints: Endpoints) -> ProbeClients:
         """Keep-alive clients for the probes, reused while the endpoints stay the same."""
@@ -342,20 +391,19 @@ class DoctorAnswers:
             self._clients = ProbeClients(endpoints)
         return self._clients
 
-    async def _read(
-        self, shared: _SharedProbe
-    ) -> tuple[DoctorReadout | None, OperatorError | None]:
-        await self._pending.acquire()  # released once this readout's record has ended
+    async def _read(self, shared: _SharedProbe) -> Probed:
+        await self._pending.acquire()  # released once this readout is recorded or merged
         shared.holds_slot = True
         self.probes_read += 1
         try:
             endpoints = await choose_admin(resolve_endpoints(get_settings()))
             clients = await self._clients_for(endpoints)
             readout = await run_doctor(endpoints, clients=clients)
-            metrics.readout_read(readout, get_settings().restate_service_url)
-            return readout, None
         except OperatorError as exc:  # the admin URL is unset or invalid
-            return None, exc
+            return None, exc, ("error", exc.code)
+        findings = doctor_findings(readout, get_settings().restate_service_url)
+        metrics.readout_read(readout, findings)
+        return readout, None, signature(readout, findings)
 
     def _shared(self) -> _SharedProbe:
         """The readout being read now, or a new one (no await here: callers cannot race)."""
@@ -363,7 +411,7 @@ class DoctorAnswers:
         if current is None or current.probe is None or current.probe.done():
             current = self._current = _SharedProbe()
             current.probe = asyncio.ensure_future(self._read(current))
-            self._keep(self._record(current))
+            self._keep(self._queue(current))
         return current
 
     async def answer(self, attempt: Attempt) -> DoctorReadout:
@@ -375,7 +423,7 @@ class DoctorAnswers:
         shared.rows.append(row)
         assert shared.probe is not None
         try:
-            readout, error = await asyncio.shield(shared.probe)
+            readout, error, _ = await asyncio.shield(shared.probe)
             await row.start()
         except BaseException as exc:  # crashed or cancelled: the row is finished all the same
             shared.rows.remove(row)
@@ -388,10 +436,11 @@ class DoctorAnswers:
         assert readout is not None
         return readout
 
-    def _keep(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _keep(self, coroutine: Any) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _finish(self, row: AuditedAttempt, error: BaseException | None) -> None:
         try:
@@ -403,23 +452,43 @@ class DoctorAnswers:
                 type(exc).__name__,
             )
 
-    async def _record(self, shared: _SharedProbe) -> None:
-        """Once the readout is read: one record for every call it answered, then their rows."""
+    async def _queue(self, shared: _SharedProbe) -> None:
+        """Once the readout is read: join the record waiting with the same signature, or wait
+        as a record of its own."""
         assert shared.probe is not None
         try:
-            readout, error = await asyncio.shield(shared.probe)
+            readout, error, sign = await asyncio.shield(shared.probe)
         except BaseException as exc:  # the probe itself crashed: each row says so
-            for row in list(shared.rows):
-                await self._finish(row, exc)
+            await asyncio.gather(*(self._finish(row, exc) for row in list(shared.rows)))
             if shared.holds_slot:
                 self._pending.release()
             raise
         rows = list(shared.rows)  # no call joins a readout once it is read
-        first = rows[0].attempt if rows else None
-        name = (first.request_id if first else None) or f"({self._source})"
+        if not rows:  # every caller went away: nothing to record
+            if shared.holds_slot:
+                self._pending.release()
+            return
+        last = self._waiting[-1] if self._waiting else None
+        if last is not None and last.signature == sign:
+            last.merge(readout, rows)
+            if shared.holds_slot:
+                self._pending.release()
+        else:
+            self._waiting.append(_Record(sign, readout, error, rows, shared.holds_slot))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = self._keep(self._record_waiting())
+
+    async def _record_waiting(self) -> None:
+        while self._waiting:
+            await self._record(self._waiting.popleft())
+
+    async def _record(self, record: _Record) -> None:
+        """One ``restate-doctor`` run for the record, then its rows (each pointing at the run)."""
+        rows = record.rows
+        first = rows[0].attempt
+        name = first.request_id or f"({self._source})"
+        readout, error = record.readout, record.error
         try:
-            if first is None:  # every caller went away: nothing to record
-                return
             answer = DoctorAnswer(  # what Prefect stores: redacted (the answer was not)
                 readout=DoctorReadout.model_validate(redact(readout.to_json()))
                 if readout
@@ -432,11 +501,14 @@ class DoctorAnswers:
                     f"{r.attempt.actor} ({r.attempt.request_id or 'no request id'})"
                     for r in rows[1:]
                 ],
+                readouts=record.readouts,
+                first_read_at=record.first_read_at,
+                last_read_at=record.last_read_at,
             )
-            async with self._recording:
-                state = await run_flow(
-                    record_flow(), {"answer": answer}, self._executor, (f"via:{self._source}",)
-                )
+            self.records_made += 1
+            state = await run_flow(
+                record_flow(), {"answer": answer}, self._executor, (f"via:{self._source}",)
+            )
             for row in rows:
                 row.flow_run_id = str(state.state_details.flow_run_id)
         except asyncio.CancelledError:
@@ -447,10 +519,9 @@ class DoctorAnswers:
             logger.error("doctor answer %s was not recorded in Prefect: %s", name, cause(exc))
         finally:
             try:
-                for row in rows:
-                    await self._finish(row, error)
+                await asyncio.gather(*(self._finish(row, error) for row in rows))
             finally:
-                if shared.holds_slot:
+                if record.holds_slot:
                     self._pending.release()
 
     async def aclose(self) -> None:

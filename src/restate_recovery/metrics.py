@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from restate_recovery.doctor.findings import Finding
     from restate_recovery.models import DoctorReadout
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -79,10 +80,8 @@ def attempt_finished(route: str, outcome: str, seconds: float) -> None:
     ATTEMPT_SECONDS.labels(route=route).observe(max(0.0, seconds))
 
 
-def readout_read(readout: DoctorReadout, service_url: str | None) -> None:
+def readout_read(readout: DoctorReadout, findings: list[Finding]) -> None:
     """Set the last readout's gauges (its findings as the doctor's events name them)."""
-    from restate_recovery.doctor.findings import doctor_findings
-
     DOCTOR_PROBES.inc()
     parts = dict(readout.components())
     for component in COMPONENTS:
@@ -91,7 +90,7 @@ def readout_read(readout: DoctorReadout, service_url: str | None) -> None:
             value = 1.0 if part is not None and part.status == status else 0.0
             COMPONENT.labels(component=component, status=status).set(value)
     counts: dict[str, int] = {}
-    for finding in doctor_findings(readout, service_url):
+    for finding in findings:
         kind = finding.event.removeprefix("restate.doctor.")
         counts[kind] = counts.get(kind, 0) + 1
     FINDINGS.clear()

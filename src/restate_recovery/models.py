@@ -191,9 +191,17 @@ class DoctorAnswer(BaseModel):
     request_id: str | None = None
     also_answered: list[str] = Field(
         default_factory=list,
-        description="The others the same readout answered (asked while its probes ran): "
-        "'actor (request id)' each.",
+        description="The others this record's readouts answered: 'actor (request id)' each.",
     )
+    readouts: int = Field(
+        default=1,
+        ge=1,
+        description="How many readouts with the same component statuses and findings this "
+        "record stands for (read one after another while an earlier record was being made); "
+        "it shows the last.",
+    )
+    first_read_at: datetime | None = Field(default=None, description="When the first was read.")
+    last_read_at: datetime | None = Field(default=None, description="When the last was read.")
 
     def unwrap(self) -> DoctorReadout:
         """The readout, or raise the error it was answered with."""

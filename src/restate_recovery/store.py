@@ -44,10 +44,17 @@ def db_now(session: Session) -> datetime:
     """The audit database's clock (PostgreSQL's ``now()``), which every process sharing it
     agrees on: leases are set and compared by it, so a host whose clock is off neither steals a
     live lock nor keeps a dead one. SQLite lives on one machine: its clock is that machine's."""
-    if session.get_bind().dialect.name == "postgresql":
-        found: datetime = session.execute(sa.text("SELECT now()")).scalar_one()
-        return found if found.tzinfo else found.replace(tzinfo=UTC)
-    return utcnow()
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    transaction = session.get_transaction()
+    known = session.info.get("db_now")
+    if transaction is not None and known is not None and known[0] is transaction:
+        cached: datetime = known[1]  # now() is the transaction's start: asked once per transaction
+        return cached
+    found: datetime = session.execute(sa.text("SELECT now()")).scalar_one()
+    found = found if found.tzinfo else found.replace(tzinfo=UTC)
+    session.info["db_now"] = (session.get_transaction(), found)
+    return found
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -156,19 +163,35 @@ def finish_attempt(
 ) -> None:
     """Finish an attempt, once: a finished row is never changed again (committed at once, unless
     the caller commits a batch itself)."""
-    session.execute(
-        sa.update(OperationAudit)
-        .where(col(OperationAudit.id) == attempt_id)
-        .where(col(OperationAudit.finished_at).is_(None))
-        .values(
-            finished_at=utcnow(),
-            outcome=outcome,
-            error=redact_arguments(error) if error else None,
-            flow_run_id=flow_run_id,
-        )
+    session.connection().execute(
+        _finish_audit(),
+        {
+            "row_id": attempt_id,
+            "finished_at": utcnow(),
+            "outcome": outcome,
+            "error": redact_arguments(error) if error else None,
+            "flow_run_id": flow_run_id,
+        },
     )
     if commit:
         session.commit()
+
+
+@cache
+def _finish_audit() -> sa.Update:
+    """A prebuilt Core update (an ORM update per call evaluates it against the session too)."""
+    table: sa.Table = OperationAudit.__table__  # type: ignore[attr-defined]
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("row_id"))
+        .where(table.c.finished_at.is_(None))
+        .values(
+            finished_at=sa.bindparam("finished_at"),
+            outcome=sa.bindparam("outcome"),
+            error=sa.bindparam("error"),
+            flow_run_id=sa.bindparam("flow_run_id"),
+        )
+    )
 
 
 def renew_attempts(*, session: Session, attempt_ids: list[int], until: datetime) -> None:

@@ -125,7 +125,7 @@ class Call:
         return attempt_of(self.request, self.operator, arguments)
 
 
-def call(request: Request, caller: OperatorDep) -> Call:
+async def call(request: Request, caller: OperatorDep) -> Call:  # async: no thread hop
     return Call(request=request, operator=caller)
 
 
@@ -165,7 +165,7 @@ class Runner:
         self.threads.shutdown(wait=False)
 
 
-def runner(request: Request) -> Runner:
+async def runner(request: Request) -> Runner:
     value: Runner = request.app.state.runner
     return value
 
