@@ -157,3 +157,88 @@ async def test_doctor_calls_while_a_readout_is_read_share_it_one_record_a_row_ea
     lines = [log.message for log in logs]
     assert any("the same readout answered 19 more" in line for line in lines), lines
     assert any("u19 (" + ids[19] + ")" in line for line in lines), lines
+
+
+async def test_readouts_read_while_a_record_is_made_wait_and_alike_ones_share_the_next_run(
+    prefect_server: PrefectServer,
+    restate_env: RestateStack,
+    tmp_path: Path,
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """While the first answer's record is being made, four more calls come one after another:
+    two readouts alike become one run (its log says so), one with the ingress unreachable a run
+    of its own, and the healthy one after it another: no readout goes unrecorded, and each row
+    points at the run of the readout it was answered with."""
+    import asyncio
+
+    from sqlmodel import Session
+
+    from restate_recovery import execution, store
+    from restate_recovery.audit import Attempt
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    settings_env.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    gate = asyncio.Event()
+    from restate_recovery.doctor.probes import run_doctor as real_run_doctor
+
+    real_run_flow = execution.run_flow
+    started: list[str] = []
+
+    async def gated_record(*args: object, **kwargs: object) -> object:
+        started.append("record")
+        if len(started) == 1:
+            await gate.wait()  # the first record takes as long as the test wants
+        return await real_run_flow(*args, **kwargs)  # type: ignore[arg-type]
+
+    broken_ingress = False
+
+    async def doctor(*args: object, **kwargs: object) -> DoctorReadout:
+        readout = await real_run_doctor(*args, **kwargs)  # type: ignore[arg-type]
+        if not broken_ingress:
+            return readout
+        ingress = readout.ingress.model_copy(update={"status": "unreachable", "error": "test"})
+        return readout.model_copy(update={"ingress": ingress})
+
+    settings_env.setattr(execution, "run_flow", gated_record)
+    settings_env.setattr(execution, "run_doctor", doctor)
+    answers = execution.DoctorAnswers(source="test", max_pending=8)
+    tag = uuid.uuid4().hex[:6]
+    names = ["first", "alike-1", "alike-2", "unlike", "after"]
+    try:
+        for name in names:
+            broken_ingress = name == "unlike"
+            await answers.answer(
+                Attempt(actor=name, role="ops", route="doctor", request_id=f"{name}-{tag}")
+            )
+        assert started == ["record"]  # the others wait for the first record
+        gate.set()
+        await answers.drain(timeout=60)
+    finally:
+        await answers.aclose()
+    assert answers.probes_read == 5 and answers.records_made == 4
+    with Session(store.engine_for(url)) as session:
+        rows = {
+            (r.request_id or "").removesuffix(f"-{tag}"): r
+            for r in store.list_attempts(session=session, limit=100)
+        }
+    assert all(rows[n].finished_at is not None for n in names)
+    run_of = {n: rows[n].flow_run_id for n in names}
+    assert run_of["alike-1"] == run_of["alike-2"]
+    assert len({run_of[n] for n in ["first", "alike-1", "unlike", "after"]}) == 4
+    assert None not in run_of.values()
+    from prefect.logging.handlers import APILogWorker
+
+    drained = APILogWorker.drain_all(timeout=10)
+    if inspect.isawaitable(drained):
+        await drained
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(run_of["alike-1"]))])
+            )
+        )
+    lines = [log.message for log in logs]
+    assert any(line.startswith("2 readouts with these component statuses") for line in lines)
+    assert any(f"alike-2 (alike-2-{tag})" in line for line in lines), lines

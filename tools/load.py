@@ -110,6 +110,30 @@ async def idle_doctor_ms(api_url: str, key: str) -> list[float]:
     return samples[1:]
 
 
+def readouts_read(api_url: str) -> int:
+    """How many readouts the API read (its ``/metrics``): fewer than calls, which share them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{api_url}/metrics", timeout=10).text
+    return sum(
+        int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "restate_recovery_doctor_readouts_total"
+    )
+
+
+async def doctor_runs() -> int:
+    """How many ``restate-doctor`` runs Prefect holds (each records one or more readouts)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async with get_client() as client:
+        return await client.count_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["restate-doctor"]))
+        )
+
+
 def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[str, Any]:
     """Start the whole stack on loopback, load it, and count the audit rows."""
     import os
@@ -134,9 +158,11 @@ def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[st
                     api.url, key, concurrency=concurrency, seconds=seconds, write_every=write_every
                 )
             )
+            readouts = readouts_read(api.url)
             api.stop()  # it first records the doctor answers still pending (then rows are final)
             with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
                 rows = store.list_attempts(session=session, limit=1_000_000)
+            records = asyncio.run(doctor_runs())
             summary = result.summary()
             idle_p50 = statistics.median(idle)
             return {
@@ -148,6 +174,11 @@ def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[st
                 "seconds": seconds,
                 "audit_rows": len(rows),
                 "audit_rows_unfinished": sum(1 for r in rows if r.finished_at is None),
+                "doctor_rows_without_record": sum(
+                    1 for r in rows if r.route == "doctor" and r.flow_run_id is None
+                ),
+                "doctor_readouts_read": readouts,
+                "restate_doctor_runs": records,
             }
     finally:
         if os.environ.get("RECOVERY_KEEP_LOAD_DIR"):

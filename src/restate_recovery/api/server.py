@@ -65,4 +65,6 @@ class BoundedHead(HttpToolsProtocol):
 
 
 def serve(app: Any, *, host: str, port: int) -> None:
-    uvicorn.run(app, host=host, port=port, log_level="info", http=BoundedHead)
+    # proxy_headers off: nothing here reads the client's address (a caller is its API key), and
+    # rewriting it from X-Forwarded-For on every request is work for nothing.
+    uvicorn.run(app, host=host, port=port, log_level="info", http=BoundedHead, proxy_headers=False)
