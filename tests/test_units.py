@@ -444,3 +444,32 @@ def test_a_resume_request_says_which_selection_is_missing_or_doubled() -> None:
         ResumePausedInvocationsRequest.model_validate(
             {"invocationId": "inv_1" + "a" * 26, "serviceName": "FlakyWorkflow"}
         )
+
+
+async def test_key_lookups_are_shared_only_while_one_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls with one key that come while its read runs share it; a read that has ended is never
+    reused (a revocation is seen by the next call), and another key gets a read of its own."""
+    import asyncio
+    import threading
+
+    from restate_recovery import store
+    from restate_recovery.api import deps
+
+    reads: list[str] = []
+    release = threading.Event()
+
+    def lookup(presented: str) -> store.KeyHolder | None:
+        reads.append(presented)
+        release.wait(timeout=10)
+        return store.KeyHolder(actor_user_id=presented, role="ops", permissions=[])
+
+    monkeypatch.setattr(deps, "_lookup_key", lookup)
+    first = [asyncio.ensure_future(deps._holder_of("a")) for _ in range(5)]
+    other = asyncio.ensure_future(deps._holder_of("b"))
+    await asyncio.sleep(0.05)
+    release.set()
+    holders = await asyncio.gather(*first, other)
+    assert sorted(reads) == ["a", "b"]
+    assert [h.actor_user_id for h in holders if h] == ["a"] * 5 + ["b"]
+    await deps._holder_of("a")
+    assert reads.count("a") == 2 and not deps._LOOKUPS

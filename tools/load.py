@@ -203,7 +203,13 @@ def main() -> None:
         if not args.api.startswith(("http://127.", "http://localhost", "http://[::1]")):
             raise SystemExit("load runs against loopback only")
         result = asyncio.run(
-            run_load(args.api, args.key, concurrency=args.concurrency, seconds=args.seconds)
+            run_load(
+                args.api,
+                args.key,
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+                write_every=args.writes_every,
+            )
         )
         summary = result.summary()
     print(json.dumps(summary, indent=2))  # noqa: T201 - a command's output

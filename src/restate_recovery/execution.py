@@ -313,6 +313,7 @@ class _SharedProbe:
     probe: asyncio.Future[Probed] | None = None
     rows: list[AuditedAttempt] = field(default_factory=list)
     holds_slot: bool = False  # it took one of ``max_pending`` (given back once recorded or merged)
+    body: bytes | None = None  # the answer's JSON, made by the first call that needs it
 
 
 def signature(readout: DoctorReadout, findings: list[Finding]) -> tuple[Any, ...]:
@@ -417,6 +418,17 @@ class DoctorAnswers:
     async def answer(self, attempt: Attempt) -> DoctorReadout:
         """Probe (or join the probe under way) and answer; the audit row is written while the
         probes run (they only read), and nothing is answered unless it was written."""
+        readout, _ = await self._answer(attempt)
+        return readout
+
+    async def answer_json(self, attempt: Attempt) -> bytes:
+        """``answer`` as the JSON body (camelCase), serialized once for every call it answers."""
+        readout, shared = await self._answer(attempt)
+        if shared.body is None:
+            shared.body = readout.model_dump_json(by_alias=True).encode()
+        return shared.body
+
+    async def _answer(self, attempt: Attempt) -> tuple[DoctorReadout, _SharedProbe]:
         row = AuditedAttempt(attempt)
         row.begin()
         shared = self._shared()
@@ -434,7 +446,7 @@ class DoctorAnswers:
         if error is not None:
             raise error
         assert readout is not None
-        return readout
+        return readout, shared
 
     def _keep(self, coroutine: Any) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coroutine)

@@ -47,6 +47,29 @@ def _lookup_key(presented: str) -> store.KeyHolder | None:
         ) from exc
 
 
+# Lookups under way, by event loop and presented key; an entry lives only while its read runs.
+_LOOKUPS: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[store.KeyHolder | None]] = {}
+
+
+async def _holder_of(presented: str) -> store.KeyHolder | None:
+    """The key's holder, read from the audit database. Calls with the same key that come while
+    its read runs share that read (it began before they came, as a shared doctor probe does):
+    nothing is cached, and a revoked key is refused by every read that starts after the
+    revocation."""
+    key = (asyncio.get_running_loop(), presented)
+    lookup = _LOOKUPS.get(key)
+    if lookup is None or lookup.done():  # a read that has ended is never reused
+        lookup = asyncio.ensure_future(asyncio.to_thread(_lookup_key, presented))
+        _LOOKUPS[key] = lookup
+
+        def ended(done: asyncio.Future[store.KeyHolder | None]) -> None:
+            if _LOOKUPS.get(key) is done:
+                del _LOOKUPS[key]
+
+        lookup.add_done_callback(ended)
+    return await asyncio.shield(lookup)
+
+
 def reason_of(request: Request) -> str | None:
     """``X-Operator-Reason``: why the operator calls, as sent (clients send UTF-8)."""
     value = request.headers.get("x-operator-reason")
@@ -80,7 +103,7 @@ async def operator(request: Request, x_api_key: Annotated[str | None, Header()] 
     """The caller, from ``X-Api-Key``: 401 if unknown, 403 (audited) without ``system:operate``."""
     if not x_api_key:
         raise UnauthenticatedError("Missing X-Api-Key header")
-    key = await asyncio.to_thread(_lookup_key, x_api_key)
+    key = await _holder_of(x_api_key)
     if key is None:
         raise UnauthenticatedError("Unknown or revoked API key")
     caller = Operator(actor=key.actor_user_id, role=key.role)

@@ -62,9 +62,9 @@ BLOCKED: Responses = {
 
 @router.post("/doctor", response_model=DoctorReadout, summary=DOCTOR.summary)
 async def doctor(call: CallDep, runner: RunnerDep, body: DoctorRequest | None = None) -> Response:
-    readout = await runner.doctor.answer(call.attempt({}))
-    # Already a validated DoctorReadout: serialize it once, skip FastAPI's re-validation.
-    return Response(readout.model_dump_json(by_alias=True), media_type="application/json")
+    # A validated DoctorReadout, serialized once for all the calls it answers (no re-validation).
+    answer = await runner.doctor.answer_json(call.attempt({}))
+    return Response(answer, media_type="application/json")
 
 
 @router.post(
