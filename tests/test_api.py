@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from tests.conftest import SESSION_DIR, RestateStack
 from tests.support.helpers import artifacts_of, closed_port_url
@@ -607,3 +610,43 @@ def test_metrics_are_scraped_and_the_example_alerts_reach_the_alert_route(
     accepted = post(api, "alerts", webhook, operator_key)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json() == {"acknowledged": True, "events": len(alerts)}
+
+
+def test_a_scrape_reads_a_readout_when_the_last_is_old_with_no_row_and_no_run(
+    prefect_server: PrefectServer, restate: RestateStack
+) -> None:
+    """An API nobody called the doctor on (the scheduled doctor runs on a worker): its first
+    scrape reads a readout, so the component gauges are there; a scrape right after reuses it.
+    Neither adds an audit row or a restate-doctor run (they answered nobody)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from restate_recovery import metrics
+
+    def scrape(server: OperatorApi) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = httpx.get(f"{server.url}/metrics", timeout=30)
+        assert response.status_code == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(response.text)
+            for s in f.samples
+        }
+
+    async def doctor_runs() -> int:
+        async with get_client() as client:
+            return await client.count_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["restate-doctor"]))
+            )
+
+    with side_api("api-scrape", restate) as (server, _):
+        runs_before = asyncio.run(doctor_runs())
+        first = scrape(server)
+        status = "restate_recovery_doctor_component_status"
+        for component in ("ingress", "admin", "deployments", "services", "invocations"):
+            assert first[(status, (("component", component), ("status", "ok")))] == 1
+        readouts = ("restate_recovery_doctor_readouts_total", ())
+        assert first[readouts] == 1
+        assert scrape(server)[readouts] == 1  # younger than READOUT_MAX_AGE_SECONDS: kept
+        assert metrics.READOUT_MAX_AGE_SECONDS >= 10
+        time.sleep(2)  # a run would have been recorded by now
+        assert asyncio.run(doctor_runs()) == runs_before
+        assert audit_rows(server, 50) == []

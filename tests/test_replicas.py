@@ -1,7 +1,7 @@
 """Replicas on Prefect on PostgreSQL: one Prefect server whose database is a PostgreSQL database of
 the tests' own (migrated by Prefect at its start), one audit database (a PostgreSQL schema of its
 own), two operator API processes and two process workers. Concurrent recoveries of one key
-through both APIs act once; two approval-gated runs of one target, picked up by the workers,
+through both APIs act once; two approval-gated runs of one target, one on each worker,
 leave one plan pending; every attempt has one finished audit row."""
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class Replicas:
     key: str
     env: dict[str, str]
     prefect: str  # its API URL
+    worker_logs: list[Path]  # of w1 and w2, each running at most one flow run at a time
+
+    def worker_of(self, flow_run_id: str) -> list[str]:
+        """The workers whose log says they submitted the run."""
+        line = f"submitting flow run '{flow_run_id}'"
+        return [log.stem for log in self.worker_logs if line in log.read_text(errors="replace")]
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +102,13 @@ def replicas(
         for n in (1, 2):
             log = (home / f"worker-{n}.log").open("ab")
             workers.append(subprocess.Popen(
-                [prefect, "worker", "start", "--pool", "restate-recovery", "--name", f"w{n}"],
+                [prefect, "worker", "start", "--pool", "restate-recovery", "--name", f"w{n}",
+                 "--limit", "1"],
                 env=env, cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             ))  # fmt: skip
-        yield Replicas(apis, key, env, prefect_on_postgres.api_url)
+        logs = [home / f"worker-{n}.log" for n in (1, 2)]
+        yield Replicas(apis, key, env, prefect_on_postgres.api_url, logs)
     finally:
         for worker in workers:
             os.killpg(worker.pid, 15)
@@ -224,6 +232,8 @@ def test_two_approval_gated_runs_of_one_target_on_two_workers_leave_one_plan_pen
         assert time.monotonic() < deadline, {i: state_of(i)["state"] for i in created}
         time.sleep(0.5)
     runs = [state_of(i) for i in created]
+    # each worker takes one run at a time, and the paused one holds its worker: one run each
+    assert sorted(w for i in created for w in replicas.worker_of(i)) == ["worker-1", "worker-2"]
     paused = [r for r in runs if "PAUSED" in seen[r["id"]]]
     assert len(paused) == 1, [(r["state_type"], r["state"]["message"]) for r in runs]
     (refused,) = [r for r in runs if r["id"] != paused[0]["id"]]

@@ -448,6 +448,17 @@ class DoctorAnswers:
         assert readout is not None
         return readout, shared
 
+    async def refresh(self, max_age: float) -> None:
+        """Read a readout for the metrics when this process's last one is older than
+        ``max_age`` (or there is none): join the one being read, or read one. It answers nobody,
+        so it has no audit row and no record (unless a call joins it: then it is that call's)."""
+        age = metrics.readout_age()
+        if age is not None and age < max_age:
+            return
+        shared = self._shared()
+        assert shared.probe is not None
+        await asyncio.shield(shared.probe)  # an unusable admin URL comes back, not raised
+
     def _keep(self, coroutine: Any) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)

@@ -5,8 +5,11 @@ Per process (each API replica its own; sum them by instance): every attempt that
 audit row, by route and outcome, with its duration; audit rows the database did not take (begin)
 or not yet (finish); doctor answers Prefect did not record; and the last readout this process
 read: each component's status (1 for the status it has, 0 for the others) and its findings by
-kind. Labels hold route names, components, statuses and finding kinds only: never a URL, a key,
-an actor or a reason.
+kind. A scrape that finds that readout older than ``READOUT_MAX_AGE_SECONDS`` (or none: nobody
+called the doctor here; the scheduled doctor runs on a worker) first reads one (sharing a read
+under way), so the gauges an alert rule watches are never older than that plus a probe. That
+read answers nobody: it has no audit row and no Prefect run. Labels hold route names,
+components, statuses and finding kinds only: never a URL, a key, an actor or a reason.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ RECORD_FAILURES = Counter(
 )
 COMPONENT = Gauge(
     "restate_recovery_doctor_component_status",
-    "The last readout this process read: 1 for each component's status, 0 for the others.",
+    "The last readout this process read (for an answer, or for a scrape when the last was "
+    "older than 30 s): 1 for each component's status, 0 for the others.",
     ["component", "status"],
     registry=REGISTRY,
 )
@@ -80,8 +84,19 @@ def attempt_finished(route: str, outcome: str, seconds: float) -> None:
     ATTEMPT_SECONDS.labels(route=route).observe(max(0.0, seconds))
 
 
+READOUT_MAX_AGE_SECONDS = 30.0
+_last_read = 0.0  # time.monotonic() of the last readout_read
+
+
+def readout_age() -> float | None:
+    """Seconds since this process last read a readout, or None if it never did."""
+    return time.monotonic() - _last_read if _last_read else None
+
+
 def readout_read(readout: DoctorReadout, findings: list[Finding]) -> None:
     """Set the last readout's gauges (its findings as the doctor's events name them)."""
+    global _last_read
+    _last_read = time.monotonic()
     DOCTOR_PROBES.inc()
     parts = dict(readout.components())
     for component in COMPONENTS:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -50,9 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await runner.close(drain_seconds=DRAIN_RECORDS_SECONDS)
 
 
-async def prometheus_metrics() -> Response:
-    """This process's metrics in Prometheus' format (``restate_recovery.metrics``); no key is
-    needed (nothing in them is secret: route, component, status and finding names and numbers)."""
+async def prometheus_metrics(request: Request) -> Response:
+    """This process's metrics in Prometheus' format (``restate_recovery.metrics``), with a
+    readout at most ``READOUT_MAX_AGE_SECONDS`` old; no key is needed (nothing in them is
+    secret: route, component, status and finding names and numbers)."""
+    runner: Runner = request.app.state.runner
+    await runner.doctor.refresh(metrics.READOUT_MAX_AGE_SECONDS)
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
