@@ -152,12 +152,13 @@ def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[st
         with full_stack(work, DATA_DIR / "prefect-template") as stack:
             api = stack.api
             key = api.create_key(actor="load", role="ops", permissions=["system:operate"])
-            idle = asyncio.run(idle_doctor_ms(api.url, key))
-            result = asyncio.run(
+            idle = asyncio.run(idle_doctor_ms(api.url, key))  # before the load and after it:
+            result = asyncio.run(  # the machine's own drift is in both figures alike
                 run_load(
                     api.url, key, concurrency=concurrency, seconds=seconds, write_every=write_every
                 )
             )
+            idle += asyncio.run(idle_doctor_ms(api.url, key))
             readouts = readouts_read(api.url)
             api.stop()  # it first records the doctor answers still pending (then rows are final)
             with Session(store.engine_for(stack.env["RECOVERY_DATABASE_URL"])) as session:
@@ -169,7 +170,8 @@ def local_run(concurrency: int, seconds: float, write_every: int = 5) -> dict[st
                 **summary,
                 "idle_doctor_p50_ms": round(idle_p50, 1),
                 "loaded_p50_over_idle_p50": round((summary["doctor_p50_ms"] or 0) / idle_p50, 2),
-                "attempts_with_idle": result.attempts + len(idle) + 1,
+                "idle_doctor_calls": len(idle),
+                "attempts_with_idle": result.attempts + len(idle) + 2,
                 "concurrency": concurrency,
                 "seconds": seconds,
                 "audit_rows": len(rows),
