@@ -457,7 +457,10 @@ class DoctorAnswers:
             return
         shared = self._shared()
         assert shared.probe is not None
-        await asyncio.shield(shared.probe)  # an unusable admin URL comes back, not raised
+        try:
+            await asyncio.shield(shared.probe)  # an unusable admin URL comes back, not raised
+        except Exception as exc:  # the scrape still gets the metrics as they are
+            logger.error("the readout for the metrics was not read: %s", cause(exc))
 
     def _keep(self, coroutine: Any) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coroutine)
