@@ -18,6 +18,8 @@ Prefect event per finding (restate_recovery.doctor.findings) for automations to 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 
@@ -62,11 +64,11 @@ async def record_answer(answer: DoctorAnswer) -> State:
     )
     if answer.readouts > 1:
         get_run_logger().info(
-            "%d readouts with these component statuses and findings, read from %s to %s "
+            "%d readouts with these component statuses and findings, read between %s and %s "
             "while earlier answers were being recorded; this run shows the last",
             answer.readouts,
-            answer.first_read_at.isoformat() if answer.first_read_at else "?",
-            answer.last_read_at.isoformat() if answer.last_read_at else "?",
+            _moment(answer.first_read_at),
+            _moment(answer.last_read_at),
         )
     if answer.also_answered:
         get_run_logger().info(
@@ -78,3 +80,10 @@ async def record_answer(answer: DoctorAnswer) -> State:
     readout = answer.unwrap()  # an answered error ends this run Failed with its code
     with untagged_tasks():
         return await report_readout(readout)
+
+
+def _moment(at: datetime | None) -> str:
+    """A readout's time for a person: UTC, to the millisecond."""
+    if at is None:
+        return "?"
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
