@@ -67,9 +67,15 @@ class Replicas:
     worker_logs: list[Path]  # of w1 and w2, each running at most one flow run at a time
 
     def worker_of(self, flow_run_id: str) -> list[str]:
-        """The workers whose log says they submitted the run."""
-        line = f"submitting flow run '{flow_run_id}'"
-        return [log.stem for log in self.worker_logs if line in log.read_text(errors="replace")]
+        """The workers whose log says they submitted the run, and not that Prefect aborted the
+        submission (both may try to take one run: Prefect lets one move it to Pending)."""
+        submitted = f"submitting flow run '{flow_run_id}'"
+        aborted = f"Aborted submission of flow run '{flow_run_id}'"
+        return [
+            log.stem
+            for log in self.worker_logs
+            if submitted in (text := log.read_text(errors="replace")) and aborted not in text
+        ]
 
 
 @pytest.fixture(scope="module")
