@@ -9,7 +9,12 @@ import httpx
 import pytest
 
 from restate_recovery.client import RestateAdminClient
-from restate_recovery.errors import AdminUnreachableError, RestateRejected, RetryBlockedError
+from restate_recovery.errors import (
+    AdminUnreachableError,
+    PlanChangedError,
+    RestateRejected,
+    RetryBlockedError,
+)
 from restate_recovery.runbooks import cleanup, recover
 from restate_recovery.schemas import CleanupStaleDeploymentsRequest, RecoverStuckWorkflowRequest
 
@@ -51,7 +56,7 @@ def engine(
         if path == "/version":  # as the pinned 1.7.12 answers by default
             return httpx.Response(200, json={"version": "1.7.12", "features": {"vqueues": False}})
         if path == "/query":
-            return query(request.content.decode())
+            return union(query, request.content.decode())
         if path.endswith("/kill"):
             return httpx.Response(409, json={"message": "already completed"})
         if path.endswith("/purge"):
@@ -65,6 +70,20 @@ def engine(
         raise AssertionError(f"unexpected {request.method} {path}")
 
     return handler
+
+
+def union(query: Callable[[str], httpx.Response], sql: str) -> httpx.Response:
+    """``a UNION ALL b`` as Restate answers it: each part's rows, tagged by its ``row_kind``."""
+    if " UNION ALL " not in sql:
+        return query(sql)
+    parts = [query(part) for part in sql.split(" UNION ALL ")]
+    failed = [p for p in parts if p.status_code != 200]
+    if failed:
+        return failed[0]
+    runs, state = (p.json()["rows"] for p in parts)
+    return rows(
+        *({**r, "row_kind": "run"} for r in runs), *({**r, "row_kind": "state"} for r in state)
+    )
 
 
 def rows(*items: Mapping[str, object]) -> httpx.Response:
@@ -150,6 +169,74 @@ async def test_state_that_will_not_clear_is_reported(monkeypatch: pytest.MonkeyP
             await recover.execute_recovery(c, plan, timeout=1)
     assert info.value.reason == "purge-failed"
     assert "still has ['m']" in info.value.message
+
+
+async def test_the_clear_carries_the_planned_state_and_a_changed_state_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """State written between the plan and the write: the clear carries the version of the state
+    the plan (and its approver) saw, so Restate drops it; what is left is reported and no run is
+    purged."""
+    monkeypatch.setattr(recover, "STATE_CLEAR_DEADLINE_SECONDS", 0.3)
+    planned = [{"key": "m", "value": "226d22"}]
+    state: list[dict[str, object]] = list(planned)
+    versions: list[object] = []
+    purged: list[str] = []
+
+    def query(sql: str) -> httpx.Response:
+        return rows(FAILED_ROW) if "sys_invocation" in sql else rows(*state)
+
+    def record(request: httpx.Request) -> None:
+        versions.append(json.loads(request.content).get("version"))
+
+    handler = engine(query=query, on_state_request=record)
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/purge"):
+            purged.append(request.url.path)
+        return handler(request)
+
+    async with client(counting) as c:
+        plan = await recover.plan_recovery(c, REQUEST, timeout=1)
+        state.append({"key": "n", "value": "226e22"})  # written meanwhile
+        with pytest.raises(RetryBlockedError) as info:
+            await recover.execute_recovery(c, plan, timeout=1)
+
+    assert versions == [recover.state_version(planned)]  # not the version of {m, n}
+    assert info.value.reason == "purge-failed"
+    assert "still has ['m', 'n']" in info.value.message
+    assert purged == []
+
+
+async def test_a_run_that_changed_while_the_state_was_cleared_is_not_purged() -> None:
+    """The key's runs, read with the emptied state, are checked right before the purge: a run
+    that failed anew meanwhile (same id, new creation time) is not the planned one, and is
+    kept."""
+    cleared: list[bool] = []
+    purged: list[str] = []
+    planned_row = {**FAILED_ROW, "created_at": "2026-12-02T10:00:00.000Z"}
+    again_row = {**FAILED_ROW, "created_at": "2026-12-02T10:00:05.000Z"}
+
+    def query(sql: str) -> httpx.Response:
+        if "sys_invocation" in sql:
+            return rows(again_row if cleared else planned_row)
+        return rows() if cleared else rows({"key": "m", "value": "226d22"})
+
+    handler = engine(query=query, on_state=lambda: cleared.append(True))
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/purge"):
+            purged.append(request.url.path)
+        return handler(request)
+
+    async with client(counting) as c:
+        plan = await recover.plan_recovery(c, REQUEST, timeout=1)
+        with pytest.raises(PlanChangedError) as info:
+            await recover.execute_recovery(c, plan, timeout=1)
+
+    assert "2026-12-02T10:00:05.000Z" in info.value.message
+    assert cleared == [True]
+    assert purged == []
 
 
 async def test_cleanup_listing_failure_is_admin_unreachable() -> None:
