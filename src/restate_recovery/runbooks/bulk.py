@@ -303,17 +303,27 @@ async def _recover_key(
         attempt_id = await row.start()
     except OperatorError as exc:
         return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
+    error: Exception | None = None
     try:
         async with leases.lock(
             f"workflow:{plan.service_name}:{key_plan.key}",
             timeout=get_settings().recovery_lock_timeout_seconds,
             attempt_id=attempt_id,
         ):
-            report = await recover.execute_recovery(client, key_plan.plan, timeout=timeout)
-    except OperatorError as exc:
+            try:
+                report = await recover.execute_recovery(client, key_plan.plan, timeout=timeout)
+            except Exception as exc:  # the row says it, whatever it is
+                error = exc
+            # Queued now, the finish goes into the lock release's transaction (one commit).
+            finished = asyncio.ensure_future(row.finish(error))
+    except OperatorError as exc:  # the lock was not taken: nothing was written
         await row.finish(exc)
         return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
-    await row.finish()
+    await finished
+    if isinstance(error, OperatorError):
+        return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=error.message)
+    if error is not None:
+        raise error
     return KeyOutcome(service_key=key_plan.key, outcome="recovered", detail=report.done())
 
 
