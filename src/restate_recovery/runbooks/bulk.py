@@ -304,6 +304,7 @@ async def _recover_key(
     except OperatorError as exc:
         return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
     error: Exception | None = None
+    finished: asyncio.Future[None] | None = None
     try:
         async with leases.lock(
             f"workflow:{plan.service_name}:{key_plan.key}",
@@ -316,10 +317,13 @@ async def _recover_key(
                 error = exc
             # Queued now, the finish goes into the lock release's transaction (one commit).
             finished = asyncio.ensure_future(row.finish(error))
-    except OperatorError as exc:  # the lock was not taken: nothing was written
-        await row.finish(exc)
-        return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
-    await finished
+    except OperatorError as exc:
+        if finished is None:  # the lock was not taken: nothing was written
+            await row.finish(exc)
+            return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
+        error = error or exc
+    if finished is not None:
+        await finished
     if isinstance(error, OperatorError):
         return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=error.message)
     if error is not None:
