@@ -159,6 +159,94 @@ async def test_doctor_calls_while_a_readout_is_read_share_it_one_record_a_row_ea
     assert any("u19 (" + ids[19] + ")" in line for line in lines), lines
 
 
+async def test_an_alike_record_waits_its_spacing_and_a_change_or_a_drain_ends_the_wait(
+    prefect_server: PrefectServer,
+    restate_env: RestateStack,
+    tmp_path: Path,
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """Readouts alike the last recorded one become a run no sooner than the spacing after it (and
+    share it); one that differs is recorded at once, with the alike one waiting before it; a
+    drain records what waits at once. Every row finished, each pointing at its readout's run."""
+    import asyncio
+
+    from sqlmodel import Session
+
+    from restate_recovery import execution, store
+    from restate_recovery.audit import Attempt
+    from restate_recovery.doctor.probes import run_doctor as real_run_doctor
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    settings_env.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    spacing = 6.0
+    settings_env.setattr(execution, "RECORD_SPACING_SECONDS", spacing)
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    real_run_flow = execution.run_flow
+
+    async def timed_record(*args: object, **kwargs: object) -> object:
+        starts.append(loop.time())
+        return await real_run_flow(*args, **kwargs)  # type: ignore[arg-type]
+
+    broken_ingress = False
+
+    async def doctor(*args: object, **kwargs: object) -> DoctorReadout:
+        readout = await real_run_doctor(*args, **kwargs)  # type: ignore[arg-type]
+        if not broken_ingress:
+            return readout
+        ingress = readout.ingress.model_copy(update={"status": "unreachable", "error": "test"})
+        return readout.model_copy(update={"ingress": ingress})
+
+    settings_env.setattr(execution, "run_flow", timed_record)
+    settings_env.setattr(execution, "run_doctor", doctor)
+    answers = execution.DoctorAnswers(source="test", max_pending=8)
+    tag = uuid.uuid4().hex[:6]
+
+    async def call(name: str) -> None:
+        attempt = Attempt(actor=name, role="ops", route="doctor", request_id=f"{name}-{tag}")
+        await answers.answer(attempt)
+
+    async def until(n: int, limit: float) -> None:
+        deadline = loop.time() + limit
+        while len(starts) < n:
+            assert loop.time() < deadline, f"{len(starts)} records, {n} expected"
+            await asyncio.sleep(0.05)
+
+    try:
+        await call("first")
+        await until(1, 10)
+        await call("alike-1")
+        await call("alike-2")
+        await asyncio.sleep(1.0)
+        assert len(starts) == 1  # alike: waits for the spacing, not for the next call
+        await until(2, spacing + 10)
+        assert starts[1] - starts[0] >= spacing - 0.05
+        await call("alike-3")  # alike the last record: would wait the spacing again
+        broken_ingress = True
+        await call("unlike")
+        changed_at = loop.time()
+        await until(4, 30)
+        assert starts[2] - changed_at < spacing / 2  # the change ended the wait
+        await call("unlike-again")  # alike the last record: waits, but the drain is now
+        drain_at = loop.time()
+        await answers.drain(timeout=60)
+    finally:
+        await answers.aclose()
+    assert len(starts) == 5 and starts[4] - drain_at < spacing / 2
+    with Session(store.engine_for(url)) as session:
+        rows = {
+            (r.request_id or "").removesuffix(f"-{tag}"): r
+            for r in store.list_attempts(session=session, limit=100)
+        }
+    names = ["first", "alike-1", "alike-2", "alike-3", "unlike", "unlike-again"]
+    assert all(rows[n].finished_at is not None and rows[n].flow_run_id for n in names)
+    run_of = {n: rows[n].flow_run_id for n in names}
+    assert run_of["alike-1"] == run_of["alike-2"]
+    assert len({run_of[n] for n in names}) == 5
+
+
 async def test_readouts_read_while_a_record_is_made_wait_and_alike_ones_share_the_next_run(
     prefect_server: PrefectServer,
     restate_env: RestateStack,

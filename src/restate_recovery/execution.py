@@ -11,6 +11,7 @@ once the run is recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import deque
@@ -76,6 +77,9 @@ CURRENT_RUN: ContextVar[InProcessRun | None] = ContextVar("restate_recovery_run"
 # for as long: the answer does not depend on either). The run goes on recording in the background.
 RECORD_GRACE_SECONDS = 10.0
 _RECORDING: set[asyncio.Future[Any]] = set()  # runs still recording after their caller was answered
+# A readout alike the last recorded one (same signature) becomes a run no sooner than this after
+# that run started; alike ones read meanwhile join it. A change is recorded at once.
+RECORD_SPACING_SECONDS = 5.0
 
 
 def note_write(outcome: WriteOutcome | None = None, error: OperatorError | None = None) -> None:
@@ -357,15 +361,17 @@ class _Record:
 
 class DoctorAnswers:
     """Answers doctor calls (the API's, the CLI's local mode) and records each readout as a
-    ``restate-doctor`` flow run right after, then finishes the audit rows it answered.
+    ``restate-doctor`` flow run soon after, then finishes the audit rows it answered.
 
     Calls that come while a readout is being read share it: one probe, one answer each and one
     audit row each. Records are made one at a time, in order; readouts read while one is being
     made wait for the next, and consecutive ones with the same ``signature`` (the same component
     statuses and findings) become one run, which shows the last readout and names how many there
-    were, when, and every caller. So under load Prefect gets a run per change of the doctor's
-    verdict (or per record's time), not one per probe, and every call's row points at the run of
-    its readout. ``source`` says where the answer was given (in the run's tags and log). At most
+    were, when, and every caller. A run alike the one before it starts no sooner than
+    ``RECORD_SPACING_SECONDS`` after it (a readout that differs ends the wait). So under load
+    Prefect gets a run per change of the doctor's verdict, or one per ``RECORD_SPACING_SECONDS``,
+    not one per probe, and every call's row points at the run of its readout. ``source`` says
+    where the answer was given (in the run's tags and log). At most
     ``max_pending`` records may wait; past that a new readout waits before it probes (nothing is
     dropped). ``drain`` waits for the records still pending. The probes' clients are kept open
     between calls.
@@ -380,6 +386,9 @@ class DoctorAnswers:
         self._current: _SharedProbe | None = None
         self._waiting: deque[_Record] = deque()  # read, not yet being recorded (oldest first)
         self._recorder: asyncio.Future[Any] | None = None
+        self._last_record: tuple[tuple[Any, ...], float] | None = None  # signature, started at
+        self._news = asyncio.Event()  # a readout unlike the waiting one, or a drain
+        self._draining = False
         self.probes_read = 0  # how many readouts were read (fewer than calls under load)
         self.records_made = 0  # how many restate-doctor runs were started (fewer than readouts)
 
@@ -501,15 +510,31 @@ class DoctorAnswers:
                 self._pending.release()
         else:
             self._waiting.append(_Record(sign, readout, error, rows, shared.holds_slot))
+            self._news.set()
         if self._recorder is None or self._recorder.done():
             self._recorder = self._keep(self._record_waiting())
 
     async def _record_waiting(self) -> None:
         while self._waiting:
+            await self._spaced(self._waiting[0])
             await self._record(self._waiting.popleft())
+
+    async def _spaced(self, record: _Record) -> None:
+        """A record alike the last one made waits until ``RECORD_SPACING_SECONDS`` after it
+        started (alike readouts read meanwhile join it); one unlike it behind, or a drain, ends
+        the wait."""
+        if self._last_record is None or self._last_record[0] != record.signature:
+            return
+        loop = asyncio.get_running_loop()
+        until = self._last_record[1] + RECORD_SPACING_SECONDS
+        while not self._draining and len(self._waiting) == 1 and (left := until - loop.time()) > 0:
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), left)
 
     async def _record(self, record: _Record) -> None:
         """One ``restate-doctor`` run for the record, then its rows (each pointing at the run)."""
+        self._last_record = (record.signature, asyncio.get_running_loop().time())
         rows = record.rows
         first = rows[0].attempt
         name = first.request_id or f"({self._source})"
@@ -557,7 +582,9 @@ class DoctorAnswers:
             await clients.aclose()
 
     async def drain(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) for the answers still being recorded."""
+        """Wait (up to ``timeout``) for the answers still being recorded (at once: no spacing)."""
+        self._draining = True
+        self._news.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._tasks:
