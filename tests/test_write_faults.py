@@ -178,7 +178,7 @@ async def test_the_clear_carries_the_planned_state_and_a_changed_state_is_left(
     the plan (and its approver) saw, so Restate drops it; what is left is reported and no run is
     purged."""
     monkeypatch.setattr(recover, "STATE_CLEAR_DEADLINE_SECONDS", 0.3)
-    planned = [{"key": "m", "value": "226d22"}]
+    planned: list[dict[str, object]] = [{"key": "m", "value": "226d22"}]
     state: list[dict[str, object]] = list(planned)
     versions: list[object] = []
     purged: list[str] = []
