@@ -159,6 +159,25 @@ async def test_doctor_calls_while_a_readout_is_read_share_it_one_record_a_row_ea
     assert any("u19 (" + ids[19] + ")" in line for line in lines), lines
 
 
+def ingress_switch(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The doctor as it is, but with the ingress unreachable while the returned list is not
+    empty (a readout unlike the healthy one)."""
+    from restate_recovery import execution
+    from restate_recovery.doctor.probes import run_doctor as real_run_doctor
+
+    broken: list[bool] = []
+
+    async def doctor(*args: object, **kwargs: object) -> DoctorReadout:
+        readout = await real_run_doctor(*args, **kwargs)  # type: ignore[arg-type]
+        if not broken:
+            return readout
+        ingress = readout.ingress.model_copy(update={"status": "unreachable", "error": "test"})
+        return readout.model_copy(update={"ingress": ingress})
+
+    monkeypatch.setattr(execution, "run_doctor", doctor)
+    return broken
+
+
 async def test_an_alike_record_waits_its_spacing_and_a_change_or_a_drain_ends_the_wait(
     prefect_server: PrefectServer,
     restate_env: RestateStack,
@@ -174,7 +193,6 @@ async def test_an_alike_record_waits_its_spacing_and_a_change_or_a_drain_ends_th
 
     from restate_recovery import execution, store
     from restate_recovery.audit import Attempt
-    from restate_recovery.doctor.probes import run_doctor as real_run_doctor
     from restate_recovery.settings import get_settings
 
     url = f"sqlite:///{tmp_path / 'audit.db'}"
@@ -190,17 +208,9 @@ async def test_an_alike_record_waits_its_spacing_and_a_change_or_a_drain_ends_th
         starts.append(loop.time())
         return await real_run_flow(*args, **kwargs)  # type: ignore[arg-type]
 
-    broken_ingress = False
-
-    async def doctor(*args: object, **kwargs: object) -> DoctorReadout:
-        readout = await real_run_doctor(*args, **kwargs)  # type: ignore[arg-type]
-        if not broken_ingress:
-            return readout
-        ingress = readout.ingress.model_copy(update={"status": "unreachable", "error": "test"})
-        return readout.model_copy(update={"ingress": ingress})
+    broken_ingress = ingress_switch(settings_env)
 
     settings_env.setattr(execution, "run_flow", timed_record)
-    settings_env.setattr(execution, "run_doctor", doctor)
     answers = execution.DoctorAnswers(source="test", max_pending=8)
     tag = uuid.uuid4().hex[:6]
 
@@ -224,7 +234,7 @@ async def test_an_alike_record_waits_its_spacing_and_a_change_or_a_drain_ends_th
         await until(2, spacing + 10)
         assert starts[1] - starts[0] >= spacing - 0.05
         await call("alike-3")  # alike the last record: would wait the spacing again
-        broken_ingress = True
+        broken_ingress.append(True)
         await call("unlike")
         changed_at = loop.time()
         await until(4, 30)
@@ -269,8 +279,6 @@ async def test_readouts_read_while_a_record_is_made_wait_and_alike_ones_share_th
     settings_env.setenv("RECOVERY_DATABASE_URL", url)
     get_settings.cache_clear()
     gate = asyncio.Event()
-    from restate_recovery.doctor.probes import run_doctor as real_run_doctor
-
     real_run_flow = execution.run_flow
     started: list[str] = []
 
@@ -280,23 +288,15 @@ async def test_readouts_read_while_a_record_is_made_wait_and_alike_ones_share_th
             await gate.wait()  # the first record takes as long as the test wants
         return await real_run_flow(*args, **kwargs)  # type: ignore[arg-type]
 
-    broken_ingress = False
-
-    async def doctor(*args: object, **kwargs: object) -> DoctorReadout:
-        readout = await real_run_doctor(*args, **kwargs)  # type: ignore[arg-type]
-        if not broken_ingress:
-            return readout
-        ingress = readout.ingress.model_copy(update={"status": "unreachable", "error": "test"})
-        return readout.model_copy(update={"ingress": ingress})
+    broken_ingress = ingress_switch(settings_env)
 
     settings_env.setattr(execution, "run_flow", gated_record)
-    settings_env.setattr(execution, "run_doctor", doctor)
     answers = execution.DoctorAnswers(source="test", max_pending=8)
     tag = uuid.uuid4().hex[:6]
     names = ["first", "alike-1", "alike-2", "unlike", "after"]
     try:
         for name in names:
-            broken_ingress = name == "unlike"
+            broken_ingress[:] = [True] if name == "unlike" else []
             await answers.answer(
                 Attempt(actor=name, role="ops", route="doctor", request_id=f"{name}-{tag}")
             )

@@ -171,6 +171,19 @@ async def test_state_that_will_not_clear_is_reported(monkeypatch: pytest.MonkeyP
     assert "still has ['m']" in info.value.message
 
 
+def counting_purges(
+    handler: Callable[[httpx.Request], httpx.Response], purged: list[str]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """``handler``, noting the path of every purge it is sent in ``purged``."""
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/purge"):
+            purged.append(request.url.path)
+        return handler(request)
+
+    return counting
+
+
 async def test_the_clear_carries_the_planned_state_and_a_changed_state_is_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -189,14 +202,9 @@ async def test_the_clear_carries_the_planned_state_and_a_changed_state_is_left(
     def record(request: httpx.Request) -> None:
         versions.append(json.loads(request.content).get("version"))
 
-    handler = engine(query=query, on_state_request=record)
+    handler = counting_purges(engine(query=query, on_state_request=record), purged)
 
-    def counting(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/purge"):
-            purged.append(request.url.path)
-        return handler(request)
-
-    async with client(counting) as c:
+    async with client(handler) as c:
         plan = await recover.plan_recovery(c, REQUEST, timeout=1)
         state.append({"key": "n", "value": "226e22"})  # written meanwhile
         with pytest.raises(RetryBlockedError) as info:
@@ -222,14 +230,9 @@ async def test_a_run_that_changed_while_the_state_was_cleared_is_not_purged() ->
             return rows(again_row if cleared else planned_row)
         return rows() if cleared else rows({"key": "m", "value": "226d22"})
 
-    handler = engine(query=query, on_state=lambda: cleared.append(True))
+    handler = counting_purges(engine(query=query, on_state=lambda: cleared.append(True)), purged)
 
-    def counting(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/purge"):
-            purged.append(request.url.path)
-        return handler(request)
-
-    async with client(counting) as c:
+    async with client(handler) as c:
         plan = await recover.plan_recovery(c, REQUEST, timeout=1)
         with pytest.raises(PlanChangedError) as info:
             await recover.execute_recovery(c, plan, timeout=1)
