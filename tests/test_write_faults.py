@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import httpx
 import pytest
@@ -306,3 +307,57 @@ def test_only_a_discovery_that_could_not_connect_counts_as_unreachable(
     code = message.split("]")[0].lstrip("[")
     exc = RestateRejected(message, "POST", "/deployments", 500, code)
     assert cleanup.unreachable_from_restate(exc) is unreachable
+
+
+async def test_a_key_written_then_its_lock_release_failing_is_reported_recovered(
+    tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> None:
+    """A batch key's write happened, then its lock's release raised: the key is reported
+    recovered and its row finished as success (a write that happened is never reported failed);
+    a lock that was never taken reports the key failed, with nothing written."""
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    from sqlmodel import Session
+
+    from restate_recovery import leases, store
+    from restate_recovery.errors import AuditUnavailableError, RecoveryInProgressError
+    from restate_recovery.runbooks import bulk
+    from restate_recovery.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    settings_env.setenv("RECOVERY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    written: list[str] = []
+    taken = True
+
+    @asynccontextmanager
+    async def lock(target: str, **_: Any) -> Any:
+        if not taken:
+            raise RecoveryInProgressError(f"{target} is held")
+        yield
+        raise AuditUnavailableError("the release was refused")
+
+    async def execute(
+        _client: object, plan: recover.RecoveryPlan, *, timeout: float
+    ) -> recover.RecoveryReport:
+        written.append(plan.service_key)
+        return recover.RecoveryReport(purged=list(plan.terminal_failed), state_cleared=True)
+
+    settings_env.setattr(leases, "lock", lock)
+    settings_env.setattr(recover, "execute_recovery", execute)
+    batch = bulk.BatchPlan(service_name="OrderWorkflow")
+    outcomes = []
+    for key in ("a", "b"):
+        plan = recover.RecoveryPlan("OrderWorkflow", key, "run", [f"inv_{key}"], [])
+        outcomes.append(
+            await bulk._recover_key(None, batch, bulk.KeyPlan(key, plan), None, timeout=1)  # type: ignore[arg-type]
+        )
+        taken = False
+    assert [(o.service_key, o.outcome) for o in outcomes] == [("a", "recovered"), ("b", "failed")]
+    assert written == ["a"]
+    with Session(store.engine_for(url)) as session:
+        rows = {r.arguments["serviceKey"]: r for r in store.list_attempts(session=session)}
+    assert rows["a"].outcome == "success" and rows["a"].finished_at is not None
+    assert rows["b"].outcome == "failure" and rows["b"].error is not None
+    assert rows["b"].error["code"] == "RESTATE_RECOVERY_IN_PROGRESS"

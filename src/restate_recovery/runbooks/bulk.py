@@ -321,7 +321,8 @@ async def _recover_key(
         if finished is None:  # the lock was not taken: nothing was written
             await row.finish(exc)
             return KeyOutcome(service_key=key_plan.key, outcome="failed", detail=exc.message)
-        error = error or exc
+        # Raised on the lock's way out, after the key's write: the write's outcome stands (an
+        # unreleased lock runs out on its own).
     if finished is not None:
         await finished
     if isinstance(error, OperatorError):
